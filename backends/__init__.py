@@ -1,0 +1,73 @@
+"""Backends: what executes a dataplane configuration and answers probes.
+
+Every backend answers the same small contract (pytest-testinfra style): say
+whether it can run here, deploy a `Dataplane`, observe probes, reset
+connection state between examples, tear down exactly what it made.
+
+Backends are found by name: the built-in ones below, plus any third-party
+package exposing a factory under the `netconformance.backends` entry point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import Protocol
+
+from conformance.dataplane import Dataplane
+from conformance.probes import Observation, Probe
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here; the message says exactly why and what to do."""
+
+
+class Backend(Protocol):
+    name: str
+    # True when observations are full outcome distributions (the simulator),
+    # False when they are samples from a real system.
+    exact: bool
+
+    def preflight(self) -> None:
+        """Raise BackendUnavailable if this backend cannot run here."""
+
+    def deploy(self, dataplane: Dataplane) -> None:
+        """Build (or reconfigure to) this dataplane."""
+
+    def observe(self, probes: Sequence[Probe]) -> list[Observation]:
+        """Run probes (each a new connection) and report what happened."""
+
+    def reset(self) -> None:
+        """Forget connection state between examples (conntrack, sockets)."""
+
+    def teardown(self) -> None:
+        """Remove everything this backend created. Safe to call twice."""
+
+
+BackendFactory = Callable[[], Backend]
+
+_BUILTIN: dict[str, str] = {
+    "sim": "backends.sim:SimBackend",
+}
+
+
+def backend_names() -> list[str]:
+    names = set(_BUILTIN)
+    names.update(ep.name for ep in entry_points(group="netconformance.backends"))
+    return sorted(names)
+
+
+def get_backend(name: str) -> Backend:
+    """Instantiate a backend by name; unknown names list the known ones."""
+    target = _BUILTIN.get(name)
+    if target is None:
+        for ep in entry_points(group="netconformance.backends"):
+            if ep.name == name:
+                factory: BackendFactory = ep.load()
+                return factory()
+        raise KeyError(f"unknown backend {name!r} (known: {', '.join(backend_names())})")
+    module, _, attr = target.partition(":")
+    factory = getattr(import_module(module), attr)
+    backend: Backend = factory()
+    return backend

@@ -1,0 +1,830 @@
+"""A model of the Linux IPv4 dataplane, walked one packet at a time.
+
+Each function mirrors a kernel path and names it (ip_rcv, ip_route_input,
+br_handle_frame, br_nf_pre_routing_finish, ...), so a disagreement with the
+real kernel can be traced to one place. What the model does not cover is a
+`SimError` naming the feature, never a guess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Literal
+
+from backends.sim.conntrack import ConntrackTable, Manip, bind, nat_packet, track
+from backends.sim.iptables import Ruleset, parse_iptables_save
+from backends.sim.netfilter import Chooser, Decision, HookContext, NetfilterState, traverse
+from backends.sim.packet import Packet
+from conformance.dataplane import Dataplane, NetnsConfig
+
+BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
+LOOPBACK_NET = IPv4Network("127.0.0.0/8")
+MULTICAST_NET = IPv4Network("224.0.0.0/4")
+ZERO_NET = IPv4Network("0.0.0.0/8")
+MAX_HOPS = 64
+
+
+class SimError(RuntimeError):
+    """The configuration uses something the simulator does not model."""
+
+
+# ---------------------------------------------------------------- topology
+
+
+@dataclass(eq=False)
+class Device:
+    name: str
+    kind: Literal["lo", "veth", "bridge"]
+    mac: str
+    netns: NetNS
+    peer: Device | None = None
+    master: Device | None = None
+    hairpin: bool = False
+    addresses: list[IPv4Interface] = field(default_factory=list)
+    ports: list[Device] = field(default_factory=list)  # bridge only
+    fdb: dict[str, Device] = field(default_factory=dict)  # bridge only
+
+    def __repr__(self) -> str:
+        return f"{self.netns.name}/{self.name}"
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    dst: IPv4Network
+    dev: Device
+    via: IPv4Address | None
+    src: IPv4Address | None
+
+
+SYSCTL_DEFAULTS = {
+    "rp_filter": 0,
+    "accept_local": 0,
+    "route_localnet": 0,
+    "send_redirects": 1,
+}
+CONF_KEYS = frozenset(SYSCTL_DEFAULTS) | {"forwarding"}
+# Accepted and deliberately without effect in the model (documented why).
+INERT_SYSCTLS = {
+    # One probe at a time never reaches the ICMP rate limit's burst.
+    "net.ipv4.icmp_ratelimit",
+}
+
+
+@dataclass(eq=False)
+class NetNS:
+    name: str
+    role: str
+    devices: dict[str, Device] = field(default_factory=dict)
+    routes: list[RouteEntry] = field(default_factory=list)
+    conf: dict[tuple[str, str], int] = field(default_factory=dict)  # (dev|all|default, key)
+    ip_forward: int = 0
+    bridge_nf_call_iptables: int = 1
+    ruleset: Ruleset | None = None
+    has_nat: bool = False
+    tracks: bool = False  # conntrack hooks are registered in this namespace
+    nf_state: NetfilterState = field(default_factory=NetfilterState)
+    conntrack: ConntrackTable = field(default_factory=ConntrackTable)
+    listeners: dict[tuple[str, int], str] = field(default_factory=dict)  # (proto, port) -> identity
+    neigh: dict[tuple[str, IPv4Address], str] = field(default_factory=dict)
+
+    # -- addresses ---------------------------------------------------------
+    def local_addresses(self) -> dict[IPv4Address, Device]:
+        out: dict[IPv4Address, Device] = {}
+        for dev in self.devices.values():
+            for a in dev.addresses:
+                out[a.ip] = dev
+        return out
+
+    def is_local(self, ip: IPv4Address) -> bool:
+        return ip in LOOPBACK_NET or ip in self.local_addresses()
+
+    def is_broadcast(self, ip: IPv4Address) -> bool:
+        if ip == IPv4Address("255.255.255.255"):
+            return True
+        return any(
+            a.network.prefixlen < 31 and ip == a.network.broadcast_address
+            for dev in self.devices.values()
+            for a in dev.addresses
+        )
+
+    def addr_type(self, ip: IPv4Address, limit_iface: str | None) -> frozenset[str]:
+        """What `-m addrtype` sees: the local routing table's view of an address."""
+        if limit_iface is not None:
+            raise SimError(f"{self.name}: addrtype --limit-iface-in/out is not modelled")
+        if ip in MULTICAST_NET:
+            return frozenset({"MULTICAST"})
+        if self.is_broadcast(ip):
+            return frozenset({"BROADCAST"})
+        if self.is_local(ip):
+            return frozenset({"LOCAL"})
+        if self.lookup_main(ip) is None:
+            return frozenset({"UNREACHABLE"})
+        return frozenset({"UNICAST"})
+
+    # -- sysctls -----------------------------------------------------------
+    def conf_value(self, dev: Device, key: str) -> int:
+        specific = self.conf.get((dev.name, key))
+        if specific is None:
+            specific = self.conf.get(("default", key), SYSCTL_DEFAULTS[key])
+        everywhere = self.conf.get(("all", key), SYSCTL_DEFAULTS[key])
+        if key == "rp_filter":  # IN_DEV_MAXCONF
+            return max(specific, everywhere)
+        return 1 if (specific or everywhere) else 0  # IN_DEV_ORCONF
+
+    def forwarding(self, dev: Device) -> bool:
+        return bool(self.conf.get((dev.name, "forwarding"), self.ip_forward))
+
+    # -- routing -----------------------------------------------------------
+    def lookup_main(self, ip: IPv4Address) -> RouteEntry | None:
+        best: RouteEntry | None = None
+        for r in self.routes:
+            if ip in r.dst and (best is None or r.dst.prefixlen > best.dst.prefixlen):
+                best = r
+        return best
+
+    def select_src(self, dev: Device, toward: IPv4Address) -> IPv4Address | None:
+        """inet_select_addr: prefer an address of `dev` on the same subnet."""
+        for a in dev.addresses:
+            if toward in a.network:
+                return a.ip
+        if dev.addresses:
+            return dev.addresses[0].ip
+        for other in self.devices.values():
+            for a in other.addresses:
+                if a.ip not in LOOPBACK_NET:
+                    return a.ip
+        return None
+
+
+@dataclass(frozen=True)
+class Route:
+    """The result of a route lookup for one packet."""
+
+    kind: Literal["local", "forward", "error"]
+    dev: Device | None = None
+    nexthop: IPv4Address | None = None
+    src: IPv4Address | None = None
+    error: str = ""  # ENETUNREACH, EHOSTUNREACH, EINVAL (martian), EXDEV (rp_filter)
+    icmp_code: int | None = None  # the ICMP unreachable code ip_error sends, if any
+
+
+# ---------------------------------------------------------------- walking
+
+
+@dataclass(frozen=True)
+class Arrived:
+    """A packet reached the transport layer of a namespace."""
+
+    netns: NetNS
+    pkt: Packet
+
+
+@dataclass(frozen=True)
+class Lost:
+    reason: str
+
+
+@dataclass(frozen=True)
+class SendError:
+    """The sending socket got an immediate error (e.g. no route)."""
+
+    reason: str
+
+
+Landing = Arrived | Lost | SendError
+
+
+@dataclass
+class Walk:
+    """Per-path state: the trace, the chooser for random rules, a hop budget."""
+
+    chooser: Chooser
+    trace: list[str]
+    hops: int = 0
+
+    def note(self, ns: NetNS, text: str) -> None:
+        self.trace.append(f"{ns.name}: {text}")
+
+
+HOOK_TABLES: dict[str, tuple[str, ...]] = {
+    "PREROUTING": ("raw", "conntrack", "mangle", "nat"),
+    "INPUT": ("mangle", "filter", "nat", "confirm"),
+    "FORWARD": ("mangle", "filter"),
+    "OUTPUT": ("raw", "conntrack", "mangle", "nat", "filter"),
+    "POSTROUTING": ("mangle", "nat", "confirm"),
+}
+MANIP: dict[str, Manip] = {
+    "PREROUTING": "DST",
+    "OUTPUT": "DST",
+    "INPUT": "SRC",
+    "POSTROUTING": "SRC",
+}
+
+REJECT_CODES = {
+    "icmp-net-unreachable": 0,
+    "icmp-host-unreachable": 1,
+    "icmp-proto-unreachable": 2,
+    "icmp-port-unreachable": 3,
+    "icmp-net-prohibited": 9,
+    "icmp-host-prohibited": 10,
+    "icmp-admin-prohibited": 13,
+}
+
+
+@dataclass(frozen=True)
+class HookResult:
+    verdict: Literal["ACCEPT", "DROP", "REJECT"]
+    decision: Decision | None = None
+
+
+class Kernel:
+    """All namespaces of a deployed dataplane."""
+
+    def __init__(self, dataplane: Dataplane) -> None:
+        self.dataplane = dataplane
+        self.namespaces: dict[str, NetNS] = {}
+        self._mac_counter = 0
+        for cfg in dataplane.namespaces:
+            self.namespaces[cfg.name] = NetNS(cfg.name, cfg.role)
+        for cfg in dataplane.namespaces:
+            self._build_links(cfg)
+        for cfg in dataplane.namespaces:
+            self._configure(cfg)
+
+    # -- building ----------------------------------------------------------
+    def _mac(self, seed: str) -> str:
+        digest = hashlib.sha256(seed.encode()).digest()
+        return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+    def _add(self, ns: NetNS, name: str, kind: Literal["lo", "veth", "bridge"]) -> Device:
+        if name in ns.devices:
+            raise SimError(f"netns {ns.name}: link {name!r} defined twice")
+        dev = Device(name, kind, self._mac(f"{ns.name}/{name}"), ns)
+        ns.devices[name] = dev
+        return dev
+
+    def _build_links(self, cfg: NetnsConfig) -> None:
+        ns = self.namespaces[cfg.name]
+        if "lo" not in ns.devices:
+            lo = self._add(ns, "lo", "lo")
+            lo.addresses.append(IPv4Interface("127.0.0.1/8"))
+        for link in cfg.links:
+            if link.kind == "bridge":
+                self._add(ns, link.name, "bridge")
+        for link in cfg.links:
+            if link.kind != "veth":
+                continue
+            dev = self._add(ns, link.name, "veth")
+            if link.peer_netns is None or link.peer_name is None:
+                raise SimError(f"netns {ns.name}: veth {link.name} has no peer")
+            if link.peer_netns not in self.namespaces:
+                raise SimError(f"netns {ns.name}: veth {link.name}: no namespace {link.peer_netns}")
+            peer = self._add(self.namespaces[link.peer_netns], link.peer_name, "veth")
+            dev.peer, peer.peer = peer, dev
+        for link in cfg.links:
+            if link.master is None:
+                continue
+            port = ns.devices[link.name]
+            bridge = ns.devices.get(link.master)
+            if bridge is None or bridge.kind != "bridge":
+                raise SimError(f"netns {ns.name}: {link.name}: master {link.master} is not a bridge")
+            port.master, port.hairpin = bridge, link.hairpin
+            bridge.ports.append(port)
+
+    def _configure(self, cfg: NetnsConfig) -> None:
+        ns = self.namespaces[cfg.name]
+        for dev_name, addr in cfg.addresses:
+            dev = self._dev(ns, dev_name, "address")
+            dev.addresses.append(addr)
+            if addr.network.prefixlen < 32:
+                ns.routes.append(RouteEntry(addr.network, dev, None, addr.ip))
+        for r in cfg.routes:
+            dev = self._dev(ns, r.dev, f"route {r.dst}")
+            if r.via is not None and not any(r.via in a.network for a in dev.addresses):
+                raise SimError(f"netns {ns.name}: route {r.dst} via {r.via}: gateway not on-link on {r.dev}")
+            ns.routes.append(RouteEntry(r.dst, dev, r.via, r.src))
+        for key, value in cfg.sysctls:
+            self._sysctl(ns, key, value)
+        if cfg.iptables.strip():
+            ns.ruleset = parse_iptables_save(cfg.iptables, source=f"{cfg.name} iptables")
+            ns.has_nat = "nat" in ns.ruleset.tables
+            ns.tracks = ns.has_nat or _uses_conntrack(ns.ruleset)
+        for li in cfg.listeners:
+            ns.listeners[(li.protocol.lower(), li.port)] = li.identity
+
+    def _dev(self, ns: NetNS, name: str, what: str) -> Device:
+        dev = ns.devices.get(name)
+        if dev is None:
+            raise SimError(f"netns {ns.name}: {what}: no link {name!r}")
+        return dev
+
+    def _sysctl(self, ns: NetNS, key: str, value: str) -> None:
+        try:
+            number = int(value)
+        except ValueError:
+            raise SimError(f"netns {ns.name}: sysctl {key}={value!r}: expected an integer") from None
+        parts = key.split(".")
+        if key == "net.ipv4.ip_forward":
+            ns.ip_forward = number
+        elif key == "net.bridge.bridge-nf-call-iptables":
+            ns.bridge_nf_call_iptables = number
+        elif key in INERT_SYSCTLS:
+            pass
+        elif len(parts) == 5 and parts[:3] == ["net", "ipv4", "conf"] and parts[4] in CONF_KEYS:
+            which, conf_key = parts[3], parts[4]
+            if conf_key == "forwarding" and which in ("all", "default"):
+                ns.ip_forward = number  # devinet: all.forwarding is ip_forward
+            else:
+                ns.conf[(which, conf_key)] = number
+        else:
+            raise SimError(f"netns {ns.name}: sysctl {key} is not modelled by the simulator")
+
+    # -- netfilter hooks -----------------------------------------------------
+    def hook(
+        self,
+        walk: Walk,
+        ns: NetNS,
+        hook: str,
+        pkt: Packet,
+        *,
+        in_dev: Device | None,
+        out_dev: Device | None,
+        physin: Device | None = None,
+        physout: Device | None = None,
+        skip: frozenset[str] = frozenset(),
+    ) -> HookResult:
+        """Run one netfilter hook: its tables in the kernel's priority order."""
+        for table in HOOK_TABLES[hook]:
+            if table in skip:
+                continue
+            if table == "conntrack":
+                if ns.tracks:
+                    track(ns.conntrack, pkt)
+                    if pkt.ctstate == "NEW" and pkt.ct is not None:
+                        walk.note(ns, f"{hook} conntrack: new connection {pkt.ct.original}")
+                continue
+            if table == "confirm":
+                if ns.tracks and pkt.ct is not None and pkt.ctstate != "RELATED":
+                    ns.conntrack.confirm(pkt.ct)
+                continue
+            if table == "nat":
+                result = self._nat(walk, ns, hook, pkt, in_dev, out_dev, physin, physout)
+                if result is not None:
+                    return result
+                continue
+            if ns.ruleset is None or table not in ns.ruleset.tables:
+                continue
+            decision = traverse(ns.ruleset, table, pkt, self._ctx(walk, ns, hook, in_dev, out_dev, physin, physout))
+            if decision.verdict != "ACCEPT":
+                return HookResult(decision.verdict, decision)
+        return HookResult("ACCEPT")
+
+    def _ctx(
+        self,
+        walk: Walk,
+        ns: NetNS,
+        hook: str,
+        in_dev: Device | None,
+        out_dev: Device | None,
+        physin: Device | None,
+        physout: Device | None,
+    ) -> HookContext:
+        return HookContext(
+            netns=ns.name,
+            hook=hook,
+            in_dev=in_dev.name if in_dev else None,
+            out_dev=out_dev.name if out_dev else None,
+            addr_type=ns.addr_type,
+            chooser=walk.chooser,
+            state=ns.nf_state,
+            physdev_in=physin.name if physin else None,
+            physdev_out=physout.name if physout else None,
+            bridged=physin is not None or physout is not None,
+            trace=walk.trace,
+        )
+
+    def _nat(
+        self,
+        walk: Walk,
+        ns: NetNS,
+        hook: str,
+        pkt: Packet,
+        in_dev: Device | None,
+        out_dev: Device | None,
+        physin: Device | None,
+        physout: Device | None,
+    ) -> HookResult | None:
+        """nf_nat_inet_fn: decide a binding on a new connection, then rewrite."""
+        if not ns.has_nat or pkt.ct is None or hook not in MANIP:
+            return None
+        manip = MANIP[hook]
+        conn = pkt.ct
+        if pkt.ctstate == "NEW" and "CONFIRMED" not in conn.status and f"INIT_{manip}" not in conn.status:
+            assert ns.ruleset is not None
+            decision = traverse(ns.ruleset, "nat", pkt, self._ctx(walk, ns, hook, in_dev, out_dev, physin, physout))
+            if decision.verdict != "ACCEPT":
+                return HookResult(decision.verdict, decision)
+            nat = decision.nat
+            if nat is None:
+                bind(conn, manip, None, None)
+            elif nat.kind == "DNAT":
+                bind(conn, "DST", nat.ip, nat.port)
+            else:
+                ip = nat.ip
+                if nat.kind == "MASQUERADE":
+                    if out_dev is None:
+                        raise SimError(f"{ns.name}: MASQUERADE without an output device")
+                    toward = self._nexthop_toward(ns, pkt.dst, out_dev)
+                    ip = ns.select_src(out_dev, toward)
+                    if ip is None:
+                        return HookResult("DROP")
+                bind(conn, "SRC", ip, nat.port)
+            if nat is not None:
+                walk.note(ns, f"{hook} nat: {nat.kind} binding, reply tuple now {conn.reply}")
+        before = pkt.describe()
+        if nat_packet(pkt, manip):
+            walk.note(ns, f"{hook} nat: {before} rewritten to {pkt.describe()}")
+        return None
+
+    def _nexthop_toward(self, ns: NetNS, dst: IPv4Address, dev: Device) -> IPv4Address:
+        r = ns.lookup_main(dst)
+        if r is not None and r.dev is dev and r.via is not None:
+            return r.via
+        return dst
+
+    # -- routing -------------------------------------------------------------
+    def route_output(self, ns: NetNS, dst: IPv4Address) -> Route:
+        lo = ns.devices["lo"]
+        if ns.is_local(dst) or ns.is_broadcast(dst):
+            return Route("local", lo, dst, dst if ns.is_local(dst) else None)
+        r = ns.lookup_main(dst)
+        if r is None:
+            return Route("error", error="ENETUNREACH")
+        nexthop = r.via or dst
+        return Route("forward", r.dev, nexthop, r.src or ns.select_src(r.dev, nexthop))
+
+    def route_input(self, ns: NetNS, pkt: Packet, dev: Device) -> Route:
+        """ip_route_input_slow, with fib_validate_source."""
+        src, dst = pkt.src, pkt.dst
+        if src in MULTICAST_NET or src == IPv4Address("255.255.255.255") or src in ZERO_NET:
+            return Route("error", error="EINVAL", icmp_code=None)
+        if dev.kind != "lo":
+            if dst in LOOPBACK_NET and not ns.conf_value(dev, "route_localnet"):
+                return Route("error", error="EINVAL (martian destination)")
+            if src in LOOPBACK_NET and not ns.conf_value(dev, "route_localnet"):
+                return Route("error", error="EINVAL (martian source)")
+        if ns.is_local(dst) or ns.is_broadcast(dst):
+            err = self.validate_source(ns, src, dev, oif=None)
+            if err:
+                return Route("error", error=err)
+            return Route("local", ns.devices["lo"], dst)
+        r = ns.lookup_main(dst)
+        if r is None:
+            if not ns.forwarding(dev):
+                return Route("error", error="EHOSTUNREACH")
+            return Route("error", error="ENETUNREACH", icmp_code=0)
+        if not ns.forwarding(dev):
+            return Route("error", error="EHOSTUNREACH")
+        err = self.validate_source(ns, src, dev, oif=r.dev)
+        if err:
+            return Route("error", error=err)
+        return Route("forward", r.dev, r.via or dst)
+
+    def validate_source(self, ns: NetNS, src: IPv4Address, dev: Device, oif: Device | None) -> str:
+        """fib_validate_source: '' if acceptable, else why the packet is a martian."""
+        rpf = ns.conf_value(dev, "rp_filter")
+        accept_local = ns.conf_value(dev, "accept_local")
+        redirects = ns.conf_value(dev, "send_redirects")
+        if rpf == 0 and (oif is not dev or not redirects):
+            if accept_local:
+                return ""
+            if src in ns.local_addresses():
+                return f"EINVAL (martian source {src}: a local address of {ns.name}, accept_local=0 on {dev.name})"
+            return ""
+        # __fib_validate_source: the reverse route must exist (and for strict
+        # mode point back out of the arrival device).
+        if ns.is_local(src):
+            if not accept_local:
+                return f"EINVAL (martian source {src}: a local address, accept_local=0 on {dev.name})"
+            rev_dev: Device | None = ns.local_addresses().get(src, ns.devices["lo"])
+        else:
+            r = ns.lookup_main(src)
+            if r is None:
+                return f"EXDEV (rp_filter={rpf}: no route back to {src})" if rpf else ""
+            rev_dev = r.dev
+        if rev_dev is dev:
+            return ""
+        if rpf == 1:
+            return f"EXDEV (rp_filter=1: route back to {src} is via {rev_dev.name if rev_dev else '?'}, not {dev.name})"
+        return ""
+
+    # -- layer 2 -------------------------------------------------------------
+    def resolve(self, walk: Walk, dev: Device, ip: IPv4Address) -> str | None:
+        """ARP: who on dev's segment answers for ip (arp_ignore=0: any local address)."""
+        ns = dev.netns
+        cached = ns.neigh.get((dev.name, ip))
+        if cached is not None:
+            return cached
+        answer = self._arp(dev, ip, dev.mac, set())
+        if answer is not None:
+            ns.neigh[(dev.name, ip)] = answer
+        return answer
+
+    def _arp(self, dev: Device, ip: IPv4Address, requester: str, seen: set[int]) -> str | None:
+        # Follow the wire from dev; bridges learn both MACs as the request
+        # floods and the reply comes back, exactly as a real exchange would.
+        if id(dev) in seen:
+            return None
+        seen.add(id(dev))
+        if dev.kind == "bridge":
+            candidates = list(dev.ports)
+            for port in candidates:
+                found = self._arp_out_port(port, ip, requester, seen)
+                if found is not None:
+                    mac, _ = found
+                    dev.fdb[mac] = port
+                    return mac
+            return None
+        if dev.kind == "veth" and dev.peer is not None:
+            if dev.master is not None:
+                dev.master.fdb[requester] = dev
+            return self._arp_at(dev.peer, ip, requester, seen)
+        return None
+
+    def _arp_out_port(
+        self, port: Device, ip: IPv4Address, requester: str, seen: set[int]
+    ) -> tuple[str, Device] | None:
+        if port.peer is None:
+            return None
+        mac = self._arp_at(port.peer, ip, requester, seen)
+        return (mac, port) if mac is not None else None
+
+    def _arp_at(self, dev: Device, ip: IPv4Address, requester: str, seen: set[int]) -> str | None:
+        """A request arrives at dev (the far end of a wire)."""
+        if dev.master is not None:
+            bridge = dev.master
+            bridge.fdb[requester] = dev
+            if bridge.netns.is_local(ip) and ip not in LOOPBACK_NET:
+                return bridge.mac
+            for port in bridge.ports:
+                if port is dev and not port.hairpin:
+                    continue
+                if id(port) in seen:
+                    continue
+                seen.add(id(port))
+                found = self._arp_out_port(port, ip, requester, seen)
+                if found is not None:
+                    mac, out = found
+                    bridge.fdb[mac] = out
+                    return mac
+            return None
+        if dev.netns.is_local(ip) and ip not in LOOPBACK_NET:
+            return dev.mac
+        return None
+
+    def xmit(self, walk: Walk, dev: Device, pkt: Packet) -> Landing:
+        """dev_queue_xmit on a device."""
+        walk.hops += 1
+        if walk.hops > MAX_HOPS:
+            raise SimError(f"routing loop: {pkt.describe()} crossed more than {MAX_HOPS} devices")
+        if dev.kind == "lo":
+            return self.ip_rcv(walk, dev.netns, dev, pkt)
+        if dev.kind == "bridge":
+            # br_dev_xmit: frames from the host are forwarded by the FDB and
+            # never count as coming back out of their own port.
+            port = dev.fdb.get(pkt.dst_mac)
+            if port is None:
+                return Lost(f"{dev!r}: no FDB entry for {pkt.dst_mac}")
+            return self.xmit(walk, port, pkt)
+        assert dev.peer is not None
+        # veth_xmit scrubs the skb: conntrack always, the mark across netns.
+        pkt.ct, pkt.ctstate, pkt.ct_reply = None, "UNTRACKED", False
+        if dev.peer.netns is not dev.netns:
+            pkt.mark = 0
+        return self.netif_receive(walk, dev.peer, pkt)
+
+    def netif_receive(self, walk: Walk, dev: Device, pkt: Packet) -> Landing:
+        if dev.master is not None:
+            return self.br_handle_frame(walk, dev.master, dev, pkt)
+        if pkt.dst_mac not in (dev.mac, BROADCAST_MAC):
+            return Lost(f"{dev!r}: frame for {pkt.dst_mac} is not for this interface")
+        return self.ip_rcv(walk, dev.netns, dev, pkt)
+
+    # -- the bridge ----------------------------------------------------------
+    def br_handle_frame(self, walk: Walk, br: Device, port: Device, pkt: Packet) -> Landing:
+        ns = br.netns
+        br.fdb[pkt.src_mac] = port
+        if not ns.bridge_nf_call_iptables:
+            if pkt.dst_mac == br.mac:
+                walk.note(ns, f"{br.name}: frame from {port.name} to the bridge itself, up to IP")
+                return self.ip_rcv(walk, ns, br, pkt)
+            return self.br_forward(walk, br, port, pkt, netfilter=False)
+        # br_netfilter: iptables PREROUTING runs at bridge level, with -i <bridge>.
+        walk.note(ns, f"{br.name}: frame from {port.name}, br_netfilter calls iptables PREROUTING")
+        daddr = pkt.dst
+        res = self.hook(walk, ns, "PREROUTING", pkt, in_dev=br, out_dev=None, physin=port)
+        if res.verdict != "ACCEPT":
+            return self._refuse(walk, ns, "PREROUTING", pkt, res, bridged=True)
+        if pkt.dst != daddr:
+            # br_nf_pre_routing_finish: the destination changed, route it.
+            route = self.route_input(ns, pkt, br)
+            if route.kind == "error":
+                if route.error == "EHOSTUNREACH" and not ns.forwarding(br):
+                    out = self.route_output(ns, pkt.dst)
+                    if out.kind == "forward" and out.dev is br:
+                        return self._bridged_dnat(walk, br, port, pkt, out)
+                return self._route_error(walk, ns, pkt, route, br)
+            if route.kind == "forward" and route.dev is br:
+                return self._bridged_dnat(walk, br, port, pkt, route)
+            pkt.dst_mac = br.mac
+            return self.ip_rcv_finish(walk, ns, br, pkt, route)
+        if pkt.dst_mac == br.mac or pkt.dst_mac == BROADCAST_MAC:
+            # Up to IP; ip_sabotage_in keeps PREROUTING from running twice.
+            return self.ip_rcv_finish(walk, ns, br, pkt, self.route_input(ns, pkt, br))
+        return self.br_forward(walk, br, port, pkt, netfilter=True)
+
+    def _bridged_dnat(self, walk: Walk, br: Device, port: Device, pkt: Packet, route: Route) -> Landing:
+        assert route.nexthop is not None
+        mac = self.resolve(walk, br, route.nexthop)
+        if mac is None:
+            return Lost(f"{br!r}: no ARP answer for {route.nexthop}")
+        pkt.dst_mac = mac
+        walk.note(br.netns, f"{br.name}: DNAT'ed frame is bridged to {mac} ({route.nexthop})")
+        return self.br_forward(walk, br, port, pkt, netfilter=True)
+
+    def br_forward(self, walk: Walk, br: Device, inport: Device, pkt: Packet, *, netfilter: bool) -> Landing:
+        ns = br.netns
+        out = br.fdb.get(pkt.dst_mac)
+        if out is None:
+            raise SimError(f"{br!r}: unknown unicast {pkt.dst_mac} would be flooded; flooding is not modelled")
+        if out is inport and not inport.hairpin:
+            return Lost(
+                f"{br.name}: frame would leave by {inport.name}, the port it came in on, and hairpin mode is off"
+            )
+        if netfilter:
+            res = self.hook(walk, ns, "FORWARD", pkt, in_dev=br, out_dev=br, physin=inport, physout=out)
+            if res.verdict != "ACCEPT":
+                return self._refuse(walk, ns, "FORWARD", pkt, res, bridged=True)
+            res = self.hook(walk, ns, "POSTROUTING", pkt, in_dev=None, out_dev=br, physout=out)
+            if res.verdict != "ACCEPT":
+                return self._refuse(walk, ns, "POSTROUTING", pkt, res, bridged=True)
+        walk.note(ns, f"{br.name}: bridged {pkt.describe()} out of {out.name}")
+        return self.xmit(walk, out, pkt)
+
+    # -- IP input ------------------------------------------------------------
+    def ip_rcv(self, walk: Walk, ns: NetNS, dev: Device, pkt: Packet) -> Landing:
+        res = self.hook(walk, ns, "PREROUTING", pkt, in_dev=dev, out_dev=None)
+        if res.verdict != "ACCEPT":
+            return self._refuse(walk, ns, "PREROUTING", pkt, res)
+        return self.ip_rcv_finish(walk, ns, dev, pkt, self.route_input(ns, pkt, dev))
+
+    def ip_rcv_finish(self, walk: Walk, ns: NetNS, dev: Device, pkt: Packet, route: Route) -> Landing:
+        if route.kind == "error":
+            return self._route_error(walk, ns, pkt, route, dev)
+        if route.kind == "local":
+            res = self.hook(walk, ns, "INPUT", pkt, in_dev=dev, out_dev=None)
+            if res.verdict != "ACCEPT":
+                return self._refuse(walk, ns, "INPUT", pkt, res)
+            walk.note(ns, f"delivered locally: {pkt.describe()}")
+            return Arrived(ns, pkt)
+        return self.ip_forward(walk, ns, dev, pkt, route)
+
+    def _route_error(self, walk: Walk, ns: NetNS, pkt: Packet, route: Route, dev: Device) -> Landing:
+        walk.note(ns, f"route input on {dev.name} for {pkt.describe()}: {route.error}")
+        if route.icmp_code is not None and pkt.proto != "icmp":
+            return self.icmp_send(walk, ns, pkt, 3, route.icmp_code, in_dev=dev)
+        return Lost(f"{ns.name}: {route.error} for {pkt.describe()} arriving on {dev.name}")
+
+    def ip_forward(self, walk: Walk, ns: NetNS, in_dev: Device, pkt: Packet, route: Route) -> Landing:
+        assert route.dev is not None and route.nexthop is not None
+        if route.dev is in_dev and ns.conf_value(in_dev, "send_redirects") and self._redirect_escapes(ns, pkt):
+            raise SimError(
+                f"{ns.name}: forwarding {pkt.describe()} back out of {in_dev.name} sends an ICMP redirect "
+                "(send_redirects=1) that changes later routing; redirects are not modelled: set "
+                f"net.ipv4.conf.all/default/{in_dev.name}.send_redirects=0"
+            )
+        res = self.hook(walk, ns, "FORWARD", pkt, in_dev=in_dev, out_dev=route.dev)
+        if res.verdict != "ACCEPT":
+            return self._refuse(walk, ns, "FORWARD", pkt, res)
+        if pkt.ttl <= 1:
+            raise SimError(f"{ns.name}: TTL expired forwarding {pkt.describe()}; ICMP time exceeded is not modelled")
+        pkt.ttl -= 1
+        walk.note(ns, f"forward {pkt.describe()} from {in_dev.name} to {route.dev.name} via {route.nexthop}")
+        return self.ip_output(walk, ns, route.dev, route.nexthop, pkt)
+
+    @staticmethod
+    def _redirect_escapes(ns: NetNS, pkt: Packet) -> bool:
+        # Measured: with NAT loaded, the redirect for a connection's first
+        # packet (not yet confirmed) and for any DNAT'ed connection is
+        # dropped by nf_nat, so it never reaches the sender.
+        if not ns.has_nat or pkt.ct is None:
+            return True
+        return "CONFIRMED" in pkt.ct.status and "DNAT" not in pkt.ct.status
+
+    def ip_output(self, walk: Walk, ns: NetNS, dev: Device, nexthop: IPv4Address, pkt: Packet) -> Landing:
+        res = self.hook(walk, ns, "POSTROUTING", pkt, in_dev=None, out_dev=dev)
+        if res.verdict != "ACCEPT":
+            return self._refuse(walk, ns, "POSTROUTING", pkt, res)
+        if dev.kind == "lo":
+            return self.xmit(walk, dev, pkt)
+        mac = self.resolve(walk, dev, nexthop)
+        if mac is None:
+            return Lost(f"{ns.name}: no ARP answer for {nexthop} on {dev.name}")
+        pkt.src_mac, pkt.dst_mac = dev.mac, mac
+        return self.xmit(walk, dev, pkt)
+
+    # -- local output ----------------------------------------------------------
+    def send(self, walk: Walk, ns: NetNS, pkt: Packet) -> Landing:
+        """A socket in ns sends pkt (pkt.src None-equivalent 0.0.0.0: pick one)."""
+        route = self.route_output(ns, pkt.dst)
+        if route.kind == "error":
+            return SendError(f"{ns.name}: {route.error} sending to {pkt.dst}")
+        if pkt.src == IPv4Address(0):
+            if route.src is None:
+                return SendError(f"{ns.name}: no source address for {pkt.dst}")
+            pkt.src = route.src
+        dialled = pkt.dst
+        res = self.hook(walk, ns, "OUTPUT", pkt, in_dev=None, out_dev=route.dev)
+        if res.verdict != "ACCEPT":
+            return self._refuse(walk, ns, "OUTPUT", pkt, res)
+        if pkt.dst != dialled:
+            # ip_route_me_harder: nat OUTPUT changed the destination.
+            again = self.route_output(ns, pkt.dst)
+            if again.kind == "error":
+                return SendError(f"{ns.name}: {again.error} after NAT to {pkt.dst}")
+            route = again
+        assert route.dev is not None and route.nexthop is not None
+        walk.note(ns, f"send {pkt.describe()} out of {route.dev.name}")
+        return self.ip_output(walk, ns, route.dev, route.nexthop, pkt)
+
+    # -- errors and rejects -----------------------------------------------------
+    def _refuse(
+        self,
+        walk: Walk,
+        ns: NetNS,
+        hook: str,
+        pkt: Packet,
+        res: HookResult,
+        *,
+        bridged: bool = False,
+    ) -> Landing:
+        rule = res.decision.rule.text if res.decision and res.decision.rule else "chain policy"
+        if res.verdict == "DROP":
+            if hook == "OUTPUT":
+                # A locally generated packet dropped by netfilter: the sending
+                # call fails with EPERM (TCP's connect ignores it and retries).
+                return SendError(f"EPERM: dropped in {ns.name} OUTPUT by {rule}")
+            return Lost(f"{ns.name}: dropped in {hook} by {rule}")
+        assert res.decision is not None
+        how = res.decision.reject_with or "icmp-port-unreachable"
+        if bridged:
+            raise SimError(f"{ns.name}: REJECT of a bridged frame in {hook} ({rule}) is not modelled")
+        walk.note(ns, f"{hook}: rejected with {how} by {rule}")
+        if how == "tcp-reset":
+            return self._send_reset(walk, ns, pkt)
+        code = REJECT_CODES.get(how)
+        if code is None:
+            raise SimError(f"{ns.name}: REJECT --reject-with {how} is not modelled")
+        return self.icmp_send(walk, ns, pkt, 3, code, in_dev=None)
+
+    def icmp_send(
+        self, walk: Walk, ns: NetNS, offending: Packet, icmp_type: int, code: int, *, in_dev: Device | None
+    ) -> Landing:
+        """icmp_send: an error about `offending`, from ns back to its source."""
+        if offending.proto == "icmp" and offending.icmp_type not in (0, 8):
+            return Lost(f"{ns.name}: no ICMP error about an ICMP error")
+        src = offending.dst if ns.is_local(offending.dst) else IPv4Address(0)
+        err = Packet(
+            src=src,
+            dst=offending.src,
+            proto="icmp",
+            icmp_type=icmp_type,
+            icmp_code=code,
+            inner=offending.copy(),
+        )
+        # nf_ct_attach: the error carries the offending packet's connection.
+        if offending.ct is not None:
+            err.ct, err.ct_reply, err.ctstate = offending.ct, not offending.ct_reply, "RELATED"
+        walk.note(ns, f"sends ICMP type {icmp_type} code {code} to {offending.src}")
+        return self.send(walk, ns, err)
+
+    def _send_reset(self, walk: Walk, ns: NetNS, pkt: Packet) -> Landing:
+        if pkt.proto != "tcp" or "RST" in pkt.tcp_flags:
+            return Lost(f"{ns.name}: tcp-reset for a non-TCP packet")
+        rst = Packet(pkt.dst, pkt.src, "tcp", pkt.dport, pkt.sport, frozenset({"RST", "ACK"}))
+        if pkt.ct is not None:
+            rst.ct, rst.ct_reply, rst.ctstate = pkt.ct, not pkt.ct_reply, "ESTABLISHED"
+        return self.send(walk, ns, rst)
+
+
+def _uses_conntrack(ruleset: Ruleset) -> bool:
+    for table in ruleset.tables.values():
+        for chain in table.chains.values():
+            for rule in chain.rules:
+                words = rule.text.split()
+                if any(w in ("conntrack", "state", "connmark", "CONNMARK") for w in words):
+                    return True
+    return False
+

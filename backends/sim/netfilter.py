@@ -1,0 +1,658 @@
+"""Evaluation of a parsed ruleset, as the kernel's ip_tables walks a hook.
+
+Each rule is compiled once (per Ruleset object) into a tuple of predicate
+closures and an action, so a packet walk does no string work. A chain with
+many `-d a.b.c.d/32` rules (kube-proxy's KUBE-SERVICES) is indexed by
+destination; the index only skips rules that cannot match, so results and
+side effects are exactly those of the linear walk.
+
+Conntrack view: as in the kernel, a packet whose ctstate is INVALID or
+UNTRACKED has no conntrack entry (whatever `pkt.ct` holds); CONNMARK then does
+nothing and conntrack matches on entry fields are false.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Literal, Protocol
+
+from backends.sim.iptables import (
+    AddrMatch,
+    AddrtypeMatch,
+    CommentMatch,
+    ConnmarkTarget,
+    ConntrackMatch,
+    IcmpMatch,
+    Iface,
+    IfaceMatch,
+    IprangeMatch,
+    Jump,
+    L4Match,
+    LogTarget,
+    MarkMatch,
+    MarkTarget,
+    Match,
+    MultiportMatch,
+    NatTarget,
+    NetSel,
+    PhysdevMatch,
+    PortRange,
+    ProtoMatch,
+    RecentMatch,
+    RejectTarget,
+    Rule,
+    Ruleset,
+    StateMatch,
+    StatisticMatch,
+    Verdict,
+)
+from backends.sim.packet import Conn, Packet
+
+_MASK32 = 0xFFFFFFFF
+# The kernel's xt_recent defaults: timestamps kept per address, addresses per list.
+RECENT_PKT_LIST_TOT = 20
+RECENT_LIST_TOT = 100
+
+
+class Chooser(Protocol):
+    def choose(self, probability: float, where: str) -> bool:
+        """Decide one `-m statistic --mode random` draw; `where` names the rule."""
+        ...
+
+
+@dataclass
+class NetfilterState:
+    """Per network namespace state that survives between packets."""
+
+    # nth counters, per (rule, index of the statistic match in the rule)
+    nth: dict[tuple[Rule, int], int] = field(default_factory=dict)
+    # recent lists: name -> masked address -> timestamps (oldest first).
+    # Dict order is the kernel's LRU order: least recently updated first.
+    recent: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+
+
+@dataclass
+class HookContext:
+    netns: str
+    hook: str  # PREROUTING INPUT FORWARD OUTPUT POSTROUTING
+    in_dev: str | None
+    out_dev: str | None
+    # (address, limit iface or None) -> {"LOCAL", "UNICAST", ...}
+    addr_type: Callable[[IPv4Address, str | None], frozenset[str]]
+    chooser: Chooser
+    state: NetfilterState
+    physdev_in: str | None = None  # bridge ports, for a bridged frame (br_netfilter)
+    physdev_out: str | None = None
+    bridged: bool = False
+    now: float = 0.0  # seconds, for recent --seconds
+    trace: list[str] | None = None  # human-readable steps are appended when not None
+
+
+@dataclass(frozen=True)
+class Nat:
+    kind: Literal["DNAT", "SNAT", "MASQUERADE"]
+    ip: IPv4Address | None  # None for MASQUERADE (the stack picks the out device's source)
+    port: int | None  # None: keep the port
+    flags: frozenset[str] = frozenset()  # random, random-fully, persistent
+
+    def __str__(self) -> str:
+        where = str(self.ip) if self.ip is not None else ""
+        if self.port is not None:
+            where += f":{self.port}"
+        flags = "".join(f" --{f}" for f in sorted(self.flags))
+        return f"{self.kind} {where}".rstrip() + flags
+
+
+@dataclass
+class Decision:
+    verdict: Literal["ACCEPT", "DROP", "REJECT"]
+    rule: Rule | None  # the deciding rule; None when a built-in chain's policy (or no table) did
+    nat: Nat | None = None  # set when a DNAT/SNAT/MASQUERADE target decided (verdict ACCEPT)
+    reject_with: str | None = None
+
+
+# --------------------------------------------------------------------------
+# Compilation
+
+Pred = Callable[[Packet, HookContext], bool]
+
+_TRACKED = ("NEW", "ESTABLISHED", "RELATED")
+
+
+def _conn(pkt: Packet) -> Conn | None:
+    """The conntrack entry as the kernel sees it (none for INVALID/UNTRACKED)."""
+    return pkt.ct if pkt.ctstate in _TRACKED else None
+
+
+def _iface_test(iface: Iface, invert: bool) -> Callable[[str | None], bool]:
+    # The kernel compares against "" when there is no device, so `-i +`
+    # matches even without an input device.
+    name = iface.name
+    if iface.wildcard:
+        return lambda dev: (dev or "").startswith(name) != invert
+    return lambda dev: ((dev or "") == name) != invert
+
+
+def _ports(r: PortRange) -> Callable[[int], bool]:
+    lo, hi, inv = r.lo, r.hi, r.invert
+    return lambda port: (lo <= port <= hi) != inv
+
+
+def _net(sel: NetSel) -> Callable[[IPv4Address], bool]:
+    net, mask, inv = int(sel.net.network_address), int(sel.net.netmask), sel.invert
+    return lambda a: ((int(a) & mask) == net) != inv
+
+
+def _all(tests: list[Pred]) -> Pred:
+    if len(tests) == 1:
+        return tests[0]
+    parts = tuple(tests)
+    return lambda p, c: all(t(p, c) for t in parts)
+
+
+def _compile_match(m: Match, rule: Rule, index: int) -> Pred | None:
+    """A predicate for one match; None when it always matches (comments)."""
+    if isinstance(m, AddrMatch):
+        net, mask, inv = int(m.net.network_address), int(m.net.netmask), m.invert
+        if m.field == "src":
+            return lambda p, c: ((int(p.src) & mask) == net) != inv
+        return lambda p, c: ((int(p.dst) & mask) == net) != inv
+    if isinstance(m, ProtoMatch):
+        proto, inv = m.proto, m.invert
+        return lambda p, c: (p.proto == proto) != inv
+    if isinstance(m, IfaceMatch):
+        test = _iface_test(m.iface, m.invert)
+        if m.direction == "in":
+            return lambda p, c: test(c.in_dev)
+        return lambda p, c: test(c.out_dev)
+    if isinstance(m, L4Match):
+        return _compile_l4(m)
+    if isinstance(m, MultiportMatch):
+        return _compile_multiport(m)
+    if isinstance(m, CommentMatch):
+        return None
+    if isinstance(m, MarkMatch):
+        value, mask, inv = m.value, m.mask, m.invert
+        return lambda p, c: ((p.mark & mask) == value) != inv
+    if isinstance(m, ConntrackMatch):
+        return _compile_conntrack(m)
+    if isinstance(m, StateMatch):
+        names, inv = m.state.names, m.state.invert
+        return lambda p, c: (p.ctstate in names) != inv
+    if isinstance(m, AddrtypeMatch):
+        return _compile_addrtype(m)
+    if isinstance(m, StatisticMatch):
+        return _compile_statistic(m, rule, index)
+    if isinstance(m, RecentMatch):
+        return _compile_recent(m)
+    if isinstance(m, IcmpMatch):
+        itype, lo, hi, inv = m.icmp_type, m.code_min, m.code_max, m.invert
+
+        def icmp(p: Packet, c: HookContext) -> bool:
+            if p.proto != "icmp":
+                return False
+            return (itype == 255 or (p.icmp_type == itype and lo <= p.icmp_code <= hi)) != inv
+
+        return icmp
+    if isinstance(m, PhysdevMatch):
+        return _compile_physdev(m)
+    if isinstance(m, IprangeMatch):
+        tests: list[Pred] = []
+        if m.src is not None:
+            slo, shi, sinv = int(m.src.lo), int(m.src.hi), m.src.invert
+            tests.append(lambda p, c: (slo <= int(p.src) <= shi) != sinv)
+        if m.dst is not None:
+            dlo, dhi, dinv = int(m.dst.lo), int(m.dst.hi), m.dst.invert
+            tests.append(lambda p, c: (dlo <= int(p.dst) <= dhi) != dinv)
+        return _all(tests)
+    raise AssertionError(m)
+
+
+def _compile_l4(m: L4Match) -> Pred:
+    proto = m.proto
+    tests: list[Pred] = [lambda p, c: p.proto == proto]  # a tcp match on udp is simply false
+    if m.sport is not None:
+        sport = _ports(m.sport)
+        tests.append(lambda p, c: sport(p.sport))
+    if m.dport is not None:
+        dport = _ports(m.dport)
+        tests.append(lambda p, c: dport(p.dport))
+    if m.flags_mask is not None:
+        fmask, comp, finv = m.flags_mask, m.flags_comp, m.flags_invert
+        tests.append(lambda p, c: ((p.tcp_flags & fmask) == comp) != finv)
+    return _all(tests)
+
+
+def _compile_multiport(m: MultiportMatch) -> Pred:
+    ranges, inv = m.ranges, m.invert
+
+    def hit(port: int) -> bool:
+        return any(lo <= port <= hi for lo, hi in ranges)
+
+    if m.which == "src":
+        return lambda p, c: hit(p.sport) != inv
+    if m.which == "dst":
+        return lambda p, c: hit(p.dport) != inv
+    return lambda p, c: (hit(p.sport) or hit(p.dport)) != inv
+
+
+def _compile_conntrack(m: ConntrackMatch) -> Pred:
+    # Order and the no-entry case follow the kernel's conntrack_mt.
+    state = m.state
+    tests: list[Callable[[Packet, Conn], bool]] = []
+    if m.direction is not None:
+        want_reply = m.direction == "REPLY"
+        tests.append(lambda p, ct: p.ct_reply == want_reply)
+    for sel, pick in (
+        (m.orig_src, lambda ct: ct.original.src),
+        (m.orig_dst, lambda ct: ct.original.dst),
+        (m.repl_src, lambda ct: ct.reply.src),
+        (m.repl_dst, lambda ct: ct.reply.dst),
+    ):
+        if sel is not None:
+            tests.append(_ct_addr(_net(sel), pick))
+    if m.proto is not None:
+        cproto, pinv = m.proto, m.proto_invert
+        tests.append(lambda p, ct: (ct.original.proto == cproto) != pinv)
+    for ports, pickp in (
+        (m.orig_sport, lambda ct: ct.original.sport),
+        (m.orig_dport, lambda ct: ct.original.dport),
+        (m.repl_sport, lambda ct: ct.reply.sport),
+        (m.repl_dport, lambda ct: ct.reply.dport),
+    ):
+        if ports is not None:
+            tests.append(_ct_port(_ports(ports), pickp))
+    if m.status is not None:
+        statuses, sinv = m.status.names, m.status.invert
+        tests.append(lambda p, ct: bool(statuses & ct.status) != sinv)
+
+    def conntrack(p: Packet, c: HookContext) -> bool:
+        ct = _conn(p)
+        if state is not None:
+            bits: set[str] = {p.ctstate}
+            if ct is not None:
+                bits |= ct.status & {"SNAT", "DNAT"}
+            if (not state.names.isdisjoint(bits)) == state.invert:
+                return False
+        if ct is None:
+            # the kernel: without an entry only a --ctstate test can match
+            return state is not None
+        return all(t(p, ct) for t in tests)
+
+    return conntrack
+
+
+def _ct_addr(
+    test: Callable[[IPv4Address], bool], pick: Callable[[Conn], IPv4Address]
+) -> Callable[[Packet, Conn], bool]:
+    return lambda p, ct: test(pick(ct))
+
+
+def _ct_port(test: Callable[[int], bool], pick: Callable[[Conn], int]) -> Callable[[Packet, Conn], bool]:
+    return lambda p, ct: test(pick(ct))
+
+
+def _compile_addrtype(m: AddrtypeMatch) -> Pred:
+    limit = m.limit
+
+    def dev(c: HookContext) -> str | None:
+        if limit == "in":
+            return c.in_dev
+        if limit == "out":
+            return c.out_dev
+        return None
+
+    tests: list[Pred] = []
+    if m.src is not None:
+        s = m.src
+        tests.append(lambda p, c: (not s.names.isdisjoint(c.addr_type(p.src, dev(c)))) != s.invert)
+    if m.dst is not None:
+        d = m.dst
+        tests.append(lambda p, c: (not d.names.isdisjoint(c.addr_type(p.dst, dev(c)))) != d.invert)
+    if not tests:
+        return lambda p, c: True
+    return _all(tests)
+
+
+def _compile_statistic(m: StatisticMatch, rule: Rule, index: int) -> Pred:
+    inv = m.invert
+    if m.mode == "random":
+        prob = m.probability
+        where = f"{rule.table}:{rule.line}: {rule.text}"
+        return lambda p, c: c.chooser.choose(prob, where) != inv
+    key = (rule, index)
+    last, start = m.every - 1, m.packet
+
+    def nth(p: Packet, c: HookContext) -> bool:
+        # the kernel keeps a counter from --packet, wrapping after every-1;
+        # the match fires when it wraps to 0
+        count = c.state.nth.get(key, start)
+        count = 0 if count == last else count + 1
+        c.state.nth[key] = count
+        return (count == 0) != inv
+
+    return nth
+
+
+def _compile_recent(m: RecentMatch) -> Pred:
+    name, command, inv = m.name, m.command, m.invert
+    seconds, hitcount, reap, mask = m.seconds, m.hitcount, m.reap, m.mask
+    use_src = m.side == "src"
+
+    def recent(p: Packet, c: HookContext) -> bool:
+        # Mirrors the kernel's recent_mt, including where `!` applies.
+        table = c.state.recent.setdefault(name, {})
+        addr = int(p.src if use_src else p.dst) & mask
+        stamps = table.get(addr)
+        ret = inv
+        if stamps is None:
+            if command != "set":
+                return ret
+            if len(table) >= RECENT_LIST_TOT:
+                del table[next(iter(table))]  # the least recently updated goes
+            table[addr] = [c.now]
+            return not ret
+        if command == "set":
+            ret = not ret
+        elif command == "remove":
+            del table[addr]
+            return not ret
+        else:
+            since = c.now - seconds
+            hits = 0
+            for t in stamps:
+                if seconds and t < since:
+                    continue
+                hits += 1
+                if not hitcount or hits >= hitcount:
+                    ret = not ret
+                    break
+            if reap:
+                oldest_addr = next(iter(table))
+                oldest = table[oldest_addr]
+                # the kernel reaps the LRU entry unless it is the one about to be updated
+                if not (oldest_addr == addr and command == "update") and oldest[-1] < since:
+                    del table[oldest_addr]
+        if command == "set" or (command == "update" and ret):
+            entry = table.pop(addr, stamps)  # the entry moves to the LRU tail
+            entry.append(c.now)
+            del entry[:-RECENT_PKT_LIST_TOT]
+            table[addr] = entry
+        return ret
+
+    return recent
+
+
+def _compile_physdev(m: PhysdevMatch) -> Pred:
+    in_test = _iface_test(m.in_iface, m.in_invert) if m.in_iface is not None else None
+    out_test = _iface_test(m.out_iface, m.out_invert) if m.out_iface is not None else None
+    is_in, is_out, is_bridged = m.is_in, m.is_out, m.is_bridged
+    # Without bridge info, a test matches only if it is negated (the kernel's rule).
+    no_info = not (
+        (is_bridged is True)
+        or (is_in is True)
+        or (is_out is True)
+        or (m.in_iface is not None and not m.in_invert)
+        or (m.out_iface is not None and not m.out_invert)
+    )
+
+    def physdev(p: Packet, c: HookContext) -> bool:
+        if not (c.bridged or c.physdev_in is not None or c.physdev_out is not None):
+            return no_info
+        if is_bridged is not None and (c.physdev_out is not None) != is_bridged:
+            return False
+        if is_in is not None and (c.physdev_in is not None) != is_in:
+            return False
+        if is_out is not None and (c.physdev_out is not None) != is_out:
+            return False
+        if in_test is not None and not in_test(c.physdev_in):
+            return False
+        return out_test is None or out_test(c.physdev_out)
+
+    return physdev
+
+
+# Actions, as small ints for a cheap dispatch in the walk.
+_CONTINUE, _ACCEPT, _DROP, _RETURN, _JUMP, _GOTO, _REJECT, _MARK, _CONNMARK, _NAT, _LOG = range(11)
+
+
+@dataclass(eq=False)
+class _CRule:
+    rule: Rule
+    preds: tuple[Pred, ...]
+    action: int
+    target_chain: _CChain | None = None
+    mark: MarkTarget | None = None
+    connmark: ConnmarkTarget | None = None
+    nat: Nat | None = None
+    reject_with: str | None = None
+    log: LogTarget | None = None
+
+
+@dataclass(eq=False)
+class _CChain:
+    table: str
+    name: str
+    policy: str | None
+    rules: list[_CRule] = field(default_factory=list)
+    all_idx: tuple[int, ...] = ()
+    # destination index: /32 destination -> indices of rules that may match it
+    by_dst: dict[int, tuple[int, ...]] | None = None
+    others: tuple[int, ...] = ()
+
+    def candidates(self, pkt: Packet) -> tuple[int, ...]:
+        if self.by_dst is None:
+            return self.all_idx
+        return self.by_dst.get(int(pkt.dst), self.others)
+
+
+_INDEX_MIN_RULES = 16  # below this a linear walk is as fast
+
+
+def _index(chain: _CChain) -> None:
+    """Index rules with a plain `-d x/32` by x; rules without one stay in every list."""
+    keys: list[int | None] = []
+    for cr in chain.rules:
+        key = None
+        for m in cr.rule.matches:
+            if isinstance(m, AddrMatch) and m.field == "dst" and not m.invert and m.net.prefixlen == 32:
+                key = int(m.net.network_address)
+                break
+        keys.append(key)
+    keyed = sum(k is not None for k in keys)
+    if keyed < _INDEX_MIN_RULES:
+        return
+    others = [i for i, k in enumerate(keys) if k is None]
+    groups: dict[int, list[int]] = {}
+    for i, k in enumerate(keys):
+        if k is not None:
+            groups.setdefault(k, []).append(i)
+    chain.by_dst = {k: tuple(sorted(v + others)) for k, v in groups.items()}
+    chain.others = tuple(others)
+
+
+def _compile(ruleset: Ruleset) -> dict[str, dict[str, _CChain]]:
+    out: dict[str, dict[str, _CChain]] = {}
+    for tname, table in ruleset.tables.items():
+        chains = {n: _CChain(tname, n, c.policy) for n, c in table.chains.items()}
+        for name, chain in table.chains.items():
+            cchain = chains[name]
+            for rule in chain.rules:
+                cchain.rules.append(_compile_rule(rule, chains))
+            cchain.all_idx = tuple(range(len(cchain.rules)))
+            _index(cchain)
+        out[tname] = chains
+    return out
+
+
+def _compile_rule(rule: Rule, chains: dict[str, _CChain]) -> _CRule:
+    preds: list[Pred] = []
+    deferred: list[Pred] = []
+    for i, m in enumerate(rule.matches):
+        pred = _compile_match(m, rule, i)
+        if pred is None:
+            continue
+        # A random draw has no side effect, so it can be taken last: the
+        # chooser is then only asked when the rest of the rule matched.
+        if isinstance(m, StatisticMatch) and m.mode == "random":
+            deferred.append(pred)
+        else:
+            preds.append(pred)
+    cr = _CRule(rule, tuple(preds + deferred), _CONTINUE)
+    t = rule.target
+    if t is None:
+        pass
+    elif isinstance(t, Verdict):
+        cr.action = {"ACCEPT": _ACCEPT, "DROP": _DROP, "RETURN": _RETURN}[t.name]
+    elif isinstance(t, Jump):
+        cr.action = _GOTO if t.goto else _JUMP
+        cr.target_chain = chains[t.chain]
+    elif isinstance(t, RejectTarget):
+        cr.action, cr.reject_with = _REJECT, t.reject_with
+    elif isinstance(t, MarkTarget):
+        cr.action, cr.mark = _MARK, t
+    elif isinstance(t, ConnmarkTarget):
+        cr.action, cr.connmark = _CONNMARK, t
+    elif isinstance(t, NatTarget):
+        cr.action, cr.nat = _NAT, Nat(t.kind, t.ip, t.port, t.flags)
+    elif isinstance(t, LogTarget):
+        cr.action, cr.log = _LOG, t
+    else:
+        raise AssertionError(t)
+    return cr
+
+
+_compiled: weakref.WeakKeyDictionary[Ruleset, dict[str, dict[str, _CChain]]] = weakref.WeakKeyDictionary()
+
+
+def prepare(ruleset: Ruleset) -> None:
+    """Compile now rather than on the first packet (a Ruleset is treated as immutable)."""
+    _tables(ruleset)
+
+
+def _tables(ruleset: Ruleset) -> dict[str, dict[str, _CChain]]:
+    tables = _compiled.get(ruleset)
+    if tables is None:
+        tables = _compile(ruleset)
+        _compiled[ruleset] = tables
+    return tables
+
+
+# --------------------------------------------------------------------------
+# The walk
+
+
+def _connmark(t: ConnmarkTarget, pkt: Packet) -> None:
+    ct = _conn(pkt)
+    if ct is None:
+        return  # the kernel: no entry, nothing to do
+    if t.mode == "set":
+        ct.mark = (ct.mark & ~t.ctmask & _MASK32) ^ t.ctmark
+    elif t.mode == "save":
+        ct.mark = (ct.mark & ~t.ctmask & _MASK32) ^ (pkt.mark & t.nfmask)
+    else:
+        pkt.mark = (pkt.mark & ~t.nfmask & _MASK32) ^ (ct.mark & t.ctmask)
+
+
+def traverse(ruleset: Ruleset, table: str, pkt: Packet, ctx: HookContext) -> Decision:
+    """Walk built-in chain `ctx.hook` of `table` for `pkt`, as ipt_do_table does.
+
+    MARK/CONNMARK modify the packet (and its conntrack entry) in place.
+    """
+    chains = _tables(ruleset).get(table)
+    base = chains.get(ctx.hook) if chains is not None else None
+    if base is None:
+        return Decision("ACCEPT", None)
+    trace = ctx.trace
+    chain = base
+    cand = chain.candidates(pkt)
+    pos = 0
+    stack: list[tuple[_CChain, tuple[int, ...], int]] = []
+
+    def step(ch: _CChain, what: str, rule: Rule | None = None) -> None:
+        assert trace is not None
+        where = f"{ctx.netns} {ctx.hook} {ch.table}/{ch.name}:"
+        trace.append(f"{where} {rule.text} => {what}" if rule is not None else f"{where} {what}")
+
+    while True:
+        if pos >= len(cand):
+            if not stack:
+                # end of the built-in chain, or of a chain reached by goto from it
+                policy: Literal["ACCEPT", "DROP"] = "DROP" if base.policy == "DROP" else "ACCEPT"
+                if trace is not None and (base.rules or policy != "ACCEPT"):
+                    step(chain, f"end of chain => policy {policy}")
+                return Decision(policy, None)
+            if trace is not None:
+                step(chain, f"end of chain => return to {stack[-1][0].name}")
+            chain, cand, pos = stack.pop()
+            continue
+        cr = chain.rules[cand[pos]]
+        pos += 1
+        for pred in cr.preds:
+            if not pred(pkt, ctx):
+                break
+        else:
+            action = cr.action
+            if action == _CONTINUE:
+                continue
+            if action == _JUMP or action == _GOTO:
+                target = cr.target_chain
+                assert target is not None
+                if trace is not None:
+                    step(chain, f"{'jump' if action == _JUMP else 'goto'} {target.name}", cr.rule)
+                if action == _JUMP:
+                    stack.append((chain, cand, pos))
+                chain, cand, pos = target, target.candidates(pkt), 0
+                continue
+            if action == _ACCEPT or action == _DROP:
+                verdict: Literal["ACCEPT", "DROP"] = "ACCEPT" if action == _ACCEPT else "DROP"
+                if trace is not None:
+                    step(chain, verdict, cr.rule)
+                return Decision(verdict, cr.rule)
+            if action == _RETURN:
+                if trace is not None:
+                    step(chain, "return", cr.rule)
+                if not stack:
+                    policy = "DROP" if base.policy == "DROP" else "ACCEPT"
+                    if trace is not None:
+                        step(base, f"return from the built-in chain => policy {policy}")
+                    return Decision(policy, None)
+                chain, cand, pos = stack.pop()
+                continue
+            if action == _NAT:
+                assert cr.nat is not None
+                if trace is not None:
+                    step(chain, str(cr.nat), cr.rule)
+                return Decision("ACCEPT", cr.rule, nat=cr.nat)
+            if action == _REJECT:
+                if trace is not None:
+                    step(chain, f"REJECT {cr.reject_with}", cr.rule)
+                return Decision("REJECT", cr.rule, reject_with=cr.reject_with)
+            if action == _MARK:
+                assert cr.mark is not None
+                before = pkt.mark
+                pkt.mark = (pkt.mark & ~cr.mark.mask & _MASK32) ^ cr.mark.value
+                if trace is not None:
+                    step(chain, f"mark {before:#x} -> {pkt.mark:#x}", cr.rule)
+                continue
+            if action == _CONNMARK:
+                assert cr.connmark is not None
+                ct = _conn(pkt)
+                ct_before = ct.mark if ct is not None else None
+                _connmark(cr.connmark, pkt)
+                if trace is not None:
+                    if ct is None:
+                        step(chain, "CONNMARK: no conntrack entry, nothing done", cr.rule)
+                    else:
+                        step(chain, f"ct mark {ct_before:#x} -> {ct.mark:#x}, mark {pkt.mark:#x}", cr.rule)
+                continue
+            if action == _LOG:
+                if trace is not None:
+                    assert cr.log is not None
+                    step(chain, f"LOG {cr.log.prefix!r} {pkt.describe()}", cr.rule)
+                continue
+            raise AssertionError(action)
+

@@ -1,0 +1,244 @@
+"""Probes on the simulated kernel: real exchanges, every random branch.
+
+A TCP probe is SYN, SYN-ACK, ACK and the server's answer, each walked
+through the same machinery, so a reply that takes another path than the
+request (and so misses the conntrack entry that would un-NAT it) fails as
+it does on a real kernel. A UDP probe is a datagram and its answer, read by
+an unconnected client socket with IP_RECVERR (it sees a reply from any
+source, and ICMP errors).
+
+Rules with `-m statistic --mode random` make a probe's outcome random: the
+probe is re-run for every combination of draws (depth-first over the
+choices), and each outcome is weighted by the product of its draws.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from backends.sim.kernel import Arrived, Kernel, Lost, NetNS, SendError, Walk
+from backends.sim.packet import Packet
+from conformance.probes import Observation, Outcome, Probe
+
+CLIENT_PORT = 41000
+MAX_PATHS = 4096
+
+ERRNO_BY_UNREACH_CODE = {
+    0: "ENETUNREACH",
+    1: "EHOSTUNREACH",
+    2: "ENOPROTOOPT",
+    3: "ECONNREFUSED",
+    9: "ENETUNREACH",
+    10: "EHOSTUNREACH",
+    13: "EHOSTUNREACH",
+}
+
+
+@dataclass
+class ScriptedChooser:
+    """Replays a prefix of decisions, then takes the first branch."""
+
+    script: list[bool]
+    draws: list[tuple[bool, float]] = field(default_factory=list)
+
+    def choose(self, probability: float, where: str) -> bool:
+        if probability >= 1.0:
+            return True
+        if probability <= 0.0:
+            return False
+        i = len(self.draws)
+        decision = self.script[i] if i < len(self.script) else True
+        self.draws.append((decision, probability))
+        return decision
+
+    def weight(self) -> float:
+        w = 1.0
+        for decision, p in self.draws:
+            w *= p if decision else 1.0 - p
+        return w
+
+    def next_script(self) -> list[bool] | None:
+        path = [d for d, _ in self.draws]
+        while path and not path[-1]:
+            path.pop()
+        if not path:
+            return None
+        path[-1] = False
+        return path
+
+
+def observe(kernel: Kernel, probe: Probe) -> Observation:
+    baseline = {name: (ns.conntrack.copy(), copy.deepcopy(ns.nf_state)) for name, ns in kernel.namespaces.items()}
+    found: dict[Outcome, float] = {}
+    script: list[bool] | None = []
+    paths = 0
+    while script is not None:
+        for name, ns in kernel.namespaces.items():
+            table, state = baseline[name]
+            ns.conntrack = table.copy()
+            ns.nf_state = copy.deepcopy(state)
+        chooser = ScriptedChooser(script)
+        outcome = run_probe(kernel, probe, Walk(chooser, []))
+        found[outcome] = found.get(outcome, 0.0) + chooser.weight()
+        paths += 1
+        if paths > MAX_PATHS:
+            raise RuntimeError(f"{probe}: more than {MAX_PATHS} random paths")
+        script = chooser.next_script()
+    for name, ns in kernel.namespaces.items():
+        table, state = baseline[name]
+        ns.conntrack, ns.nf_state = table, state
+    # Outcomes compare without reason and trace, so each key is the first
+    # path that produced it, with that path's trace.
+    return Observation(probe, tuple((o, p) for o, p in found.items()), exact=True)
+
+
+def run_probe(kernel: Kernel, probe: Probe, walk: Walk) -> Outcome:
+    ns = kernel.namespaces[kernel.dataplane.source_netns(probe.source)]
+    route = kernel.route_output(ns, probe.dst)
+    if route.kind == "error":
+        return Outcome("refused", reason=f"connect: {route.error}", trace=tuple(walk.trace))
+    client_ip = route.src if route.src is not None else probe.dst
+    if probe.protocol == "TCP":
+        return _tcp(kernel, probe, walk, ns, client_ip)
+    if probe.protocol == "UDP":
+        return _udp(kernel, probe, walk, ns, client_ip)
+    raise NotImplementedError(f"{probe.protocol} probes are not modelled by the simulator")
+
+
+def _fail(verdict: str, reason: str, walk: Walk) -> Outcome:
+    assert verdict in ("refused", "dropped")
+    return Outcome(verdict, reason=reason, trace=tuple(walk.trace))  # type: ignore[arg-type]
+
+
+def _lost(landing: Lost | SendError, walk: Walk, what: str) -> Outcome:
+    if isinstance(landing, SendError):
+        return _fail("refused", f"{what}: {landing.reason}", walk)
+    return _fail("dropped", f"{what} lost: {landing.reason}", walk)
+
+
+def _client_error(pkt: Packet, at: NetNS, client_ns: NetNS, probe: Probe, client_ip: IPv4Address, walk: Walk) -> Outcome:
+    """An ICMP error reached a namespace: does it abort our client socket?"""
+    inner = pkt.inner
+    matches = (
+        at is client_ns
+        and pkt.icmp_type == 3
+        and inner is not None
+        and inner.proto == probe.protocol.lower()
+        and inner.sport == CLIENT_PORT
+        and (inner.src == client_ip or probe.protocol == "UDP")
+        and (probe.protocol == "UDP" or (inner.dst == probe.dst and inner.dport == probe.port))
+    )
+    if matches:
+        errno = ERRNO_BY_UNREACH_CODE.get(pkt.icmp_code, f"ICMP 3/{pkt.icmp_code}")
+        return _fail("refused", f"{errno} (ICMP from {pkt.src})", walk)
+    return _fail("dropped", f"ICMP error {pkt.describe()} reached {at.name} but matches no socket", walk)
+
+
+def _tcp(kernel: Kernel, probe: Probe, walk: Walk, ns: NetNS, client_ip: IPv4Address) -> Outcome:
+    syn = Packet(IPv4Address(0), probe.dst, "tcp", CLIENT_PORT, probe.port, frozenset({"SYN"}))
+    syn.src = client_ip
+    landing = kernel.send(walk, ns, syn)
+    if isinstance(landing, SendError) and landing.reason.startswith("EPERM"):
+        # tcp_connect ignores a local send error and retransmits: a timeout.
+        return _fail("dropped", f"SYN: {landing.reason}", walk)
+    if not isinstance(landing, Arrived):
+        return _lost(landing, walk, "SYN")
+    at, p = landing.netns, landing.pkt
+    if p.proto == "icmp":
+        return _client_error(p, at, ns, probe, client_ip, walk)
+    if p.proto != "tcp" or "SYN" not in p.tcp_flags:
+        return _fail("dropped", f"SYN arrived as {p.describe()} in {at.name}", walk)
+    identity = at.listeners.get(("tcp", p.dport))
+    server_ip, server_port, peer_ip, peer_port = p.dst, p.dport, p.src, p.sport
+    if identity is None:
+        walk.note(at, f"no listener on tcp port {p.dport}: RST")
+        rst = Packet(server_ip, peer_ip, "tcp", server_port, peer_port, frozenset({"RST", "ACK"}))
+        back = kernel.send(walk, at, rst)
+        if isinstance(back, Arrived) and _is_ours(back, ns, client_ip, probe):
+            return _fail("refused", f"ECONNREFUSED (RST from {back.pkt.src})", walk)
+        if isinstance(back, Arrived) and back.pkt.proto == "icmp":
+            return _client_error(back.pkt, back.netns, ns, probe, client_ip, walk)
+        return _fail("dropped", f"RST from {at.name} did not reach the client as its own", walk)
+    walk.note(at, f"listener {identity} accepts SYN from {peer_ip}:{peer_port}")
+    synack = Packet(server_ip, peer_ip, "tcp", server_port, peer_port, frozenset({"SYN", "ACK"}))
+    back = kernel.send(walk, at, synack)
+    if not isinstance(back, Arrived):
+        return _lost(back, walk, "SYN-ACK")
+    if back.pkt.proto == "icmp":
+        return _fail("dropped", f"SYN-ACK answered by {back.pkt.describe()}", walk)
+    if not _is_ours(back, ns, client_ip, probe):
+        q = back.pkt
+        walk.note(back.netns, f"{q.describe()} matches no connection: answered with RST")
+        return _fail(
+            "dropped",
+            f"SYN-ACK reached {back.netns.name} as {q.describe()}, not as a reply from {probe.dst}:{probe.port}",
+            walk,
+        )
+    ack = Packet(client_ip, probe.dst, "tcp", CLIENT_PORT, probe.port, frozenset({"ACK"}))
+    fwd = kernel.send(walk, ns, ack)
+    if not isinstance(fwd, Arrived):
+        return _lost(fwd, walk, "ACK")
+    a = fwd.pkt
+    if fwd.netns is not at or (a.src, a.sport, a.dst, a.dport) != (peer_ip, peer_port, server_ip, server_port):
+        return _fail("dropped", f"ACK reached {fwd.netns.name} as {a.describe()}", walk)
+    answer = Packet(server_ip, peer_ip, "tcp", server_port, peer_port, frozenset({"PSH", "ACK"}), payload=identity)
+    back = kernel.send(walk, at, answer)
+    if not isinstance(back, Arrived):
+        return _lost(back, walk, "answer")
+    if not _is_ours(back, ns, client_ip, probe):
+        return _fail("dropped", f"answer reached {back.netns.name} as {back.pkt.describe()}", walk)
+    return Outcome(
+        "delivered",
+        served_by=identity,
+        served_port=server_port,
+        server_saw=peer_ip,
+        client_saw=back.pkt.src,
+        trace=tuple(walk.trace),
+    )
+
+
+def _is_ours(landing: Arrived, ns: NetNS, client_ip: IPv4Address, probe: Probe) -> bool:
+    q = landing.pkt
+    return (
+        landing.netns is ns
+        and q.proto == "tcp"
+        and (q.src, q.sport, q.dst, q.dport) == (probe.dst, probe.port, client_ip, CLIENT_PORT)
+    )
+
+
+def _udp(kernel: Kernel, probe: Probe, walk: Walk, ns: NetNS, client_ip: IPv4Address) -> Outcome:
+    dgram = Packet(client_ip, probe.dst, "udp", CLIENT_PORT, probe.port)
+    landing = kernel.send(walk, ns, dgram)
+    if not isinstance(landing, Arrived):
+        return _lost(landing, walk, "datagram")
+    at, p = landing.netns, landing.pkt
+    if p.proto == "icmp":
+        return _client_error(p, at, ns, probe, client_ip, walk)
+    identity = at.listeners.get(("udp", p.dport))
+    if identity is None:
+        walk.note(at, f"no listener on udp port {p.dport}: ICMP port unreachable")
+        back = kernel.icmp_send(walk, at, p, 3, 3, in_dev=None)
+        if isinstance(back, Arrived) and back.pkt.proto == "icmp":
+            return _client_error(back.pkt, back.netns, ns, probe, client_ip, walk)
+        return _fail("dropped", f"no listener on udp {p.dport} in {at.name}; the ICMP error was lost", walk)
+    walk.note(at, f"listener {identity} got a datagram from {p.src}:{p.sport}")
+    # The server's socket is bound to 0.0.0.0, so routing picks the source.
+    answer = Packet(IPv4Address(0), p.src, "udp", p.dport, p.sport, payload=identity)
+    back = kernel.send(walk, at, answer)
+    if not isinstance(back, Arrived):
+        return _lost(back, walk, "answer")
+    q = back.pkt
+    if q.proto == "icmp":
+        return _fail("dropped", f"answer turned into {q.describe()}", walk)
+    if back.netns is not ns or q.proto != "udp" or q.dport != CLIENT_PORT:
+        return _fail("dropped", f"answer reached {back.netns.name} as {q.describe()}", walk)
+    return Outcome(
+        "delivered",
+        served_by=identity,
+        served_port=p.dport,
+        server_saw=p.src,
+        client_saw=q.src,
+        trace=tuple(walk.trace),
+    )

@@ -1,0 +1,166 @@
+"""Running a spec: Hypothesis drives cases through an implementation and a backend.
+
+A failing case is shrunk by Hypothesis to a minimal one; the result carries
+it with everything needed to reproduce it: the scenario, the probes, what
+was expected and observed, and the trace of the offending path.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import seed as hypothesis_seed
+
+from backends import Backend
+from conformance.cases import Case, dump_case
+from conformance.implementations import Implementation
+from conformance.probes import Observation
+from conformance.specs import Spec
+
+
+class SpecViolation(AssertionError):
+    pass
+
+
+@dataclass
+class Failure:
+    spec: str
+    backend: str
+    implementation: str
+    case: Case
+    observations: list[Observation]
+    violations: list[str]
+
+    def render(self, *, traces: bool = True) -> str:
+        lines = [
+            f"spec {self.spec} failed on backend {self.backend} with implementation {self.implementation}",
+            "",
+            "violations:",
+            *(f"  - {v}" for v in self.violations),
+            "",
+            "observations:",
+            *(f"  {line}" for obs in self.observations for line in obs.describe().splitlines()),
+        ]
+        if traces:
+            shown = self._trace()
+            if shown:
+                lines += ["", f"trace of {shown[0]}:", *(f"  {t}" for t in shown[1])]
+        lines += ["", "minimal case (scenario and probes):", dump_case(self.case)]
+        return "\n".join(lines)
+
+    def _trace(self) -> tuple[str, tuple[str, ...]] | None:
+        # The first observation named in a violation, its first bad outcome with a trace.
+        for obs in self.observations:
+            if any(str(obs.probe) in v for v in self.violations):
+                for o, _ in obs.outcomes:
+                    if o.trace:
+                        return f"{obs.probe} ({o.summary()})", o.trace
+        return None
+
+
+@dataclass
+class SpecResult:
+    spec: str
+    backend: str
+    implementation: str
+    examples: int
+    seconds: float
+    seed: int
+    failure: Failure | None = None
+    error: str | None = None  # the run could not judge (e.g. the simulator lacks a feature)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.failure is None and self.error is None
+
+    @property
+    def status(self) -> str:
+        return "pass" if self.passed else ("FAIL" if self.failure else "ERROR")
+
+
+def check_case(
+    spec: Spec, case: Case, backend: Backend, implementation: Implementation
+) -> tuple[list[Observation], list[str]]:
+    dataplane = implementation.render(case.scenario)
+    backend.deploy(dataplane)
+    backend.reset()
+    observations = backend.observe(case.probes)
+    return observations, spec.check(case, observations, backend.exact)
+
+
+def run_spec(
+    spec: Spec,
+    backend: Backend,
+    implementation: Implementation,
+    *,
+    examples: int = 100,
+    seed: int | None = None,
+    on_example: Callable[[], None] | None = None,
+    shrink: bool = True,
+) -> SpecResult:
+    """Run one spec; never raises for a failing property (see SpecResult)."""
+    used_seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
+    last: dict[str, Failure] = {}
+    count = 0
+
+    def prop(case: Case) -> None:
+        nonlocal count
+        count += 1
+        observations, violations = check_case(spec, case, backend, implementation)
+        if on_example is not None:
+            on_example()
+        if violations:
+            # Hypothesis replays the minimal failing case last, so this ends as it.
+            last["failure"] = Failure(spec.name, backend.name, implementation.name, case, observations, violations)
+            raise SpecViolation("\n".join(violations))
+
+    phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
+    test = given(spec.cases())(prop)
+    for case in reversed(spec.examples):
+        test = example(case)(test)
+    test = settings(
+        max_examples=examples,
+        database=None,
+        deadline=None,
+        phases=phases,
+        derandomize=False,
+        print_blob=False,
+        suppress_health_check=list(HealthCheck),
+        report_multiple_bugs=False,
+    )(test)
+    test = hypothesis_seed(used_seed)(test)
+    start = time.perf_counter()
+    result = SpecResult(spec.name, backend.name, implementation.name, 0, 0.0, used_seed)
+    try:
+        test()
+    except SpecViolation:
+        result.failure = last.get("failure")
+    except Exception as e:  # a backend or simulator error: report it, do not crash the run
+        result.error = f"{type(e).__name__}: {e}"
+    finally:
+        backend.teardown()
+    result.examples = count
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def replay(
+    spec: Spec, case: Case, backend: Backend, implementation: Implementation
+) -> tuple[list[Observation], list[str]]:
+    try:
+        return check_case(spec, case, backend, implementation)
+    finally:
+        backend.teardown()
+
+
+def summarize(results: Sequence[SpecResult]) -> str:
+    rows = [("spec", "backend", "implementation", "result", "examples", "seconds")]
+    for r in results:
+        rows.append((r.spec, r.backend, r.implementation, r.status, str(r.examples), f"{r.seconds:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)

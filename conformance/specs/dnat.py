@@ -1,0 +1,123 @@
+"""DNAT correctness: Services land on an endpoint at its targetPort.
+
+- A ClusterIP is matched on IP + port + protocol: a probe at an exposed
+  port is served by one of the Service's endpoints at the targetPort; any
+  other port or protocol at that IP is never served.
+- A NodePort answers on every node's address. With externalTrafficPolicy
+  Local, a client outside the cluster is served only by endpoints on the
+  node it dialled, and the server sees the client's own address.
+- A Service without endpoints refuses at once (kube-proxy's REJECT).
+- Replies are un-NATed: the client sees the reply come from the address it
+  dialled, never from the pod IP behind it.
+On an exact backend (the simulator) every endpoint must be a possible
+server, so load balancing reaches all of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hypothesis import strategies as st
+
+from conformance import semantics, strategies
+from conformance.cases import Case
+from conformance.model import Pod, Scenario, Service
+from conformance.probes import Observation, Probe
+from conformance.specs import Spec
+from conformance.specs.common import (
+    cases_of,
+    each_outcome,
+    external_ip,
+    node_with_ip,
+    served_set,
+    violation,
+)
+from conformance.strategies import classic_scenario
+
+
+def cases() -> st.SearchStrategy[Case]:
+    return cases_of(
+        strategies.scenarios(max_policies=0),
+        lambda s: strategies.probes(s, kinds=("service", "nodeport", "wrong-port")),
+    )
+
+
+def _backends(s: Scenario, probe: Probe) -> tuple[Service, str, tuple[Pod, ...], int, bool] | None:
+    """(Service, what was dialled, possible servers, targetPort, source kept?); None: not a Service port."""
+    hit = semantics.service_for(s, probe.dst, probe.port, probe.protocol)
+    if hit is not None:
+        svc, sp = hit
+        return svc, f"{svc.ref} ClusterIP", s.endpoints(svc), sp.target_port, False
+    node = node_with_ip(s, probe.dst)
+    np = semantics.nodeport_for(s, probe.port, probe.protocol) if node else None
+    if node is not None and np is not None:
+        svc, sp = np
+        external = probe.source == "external"
+        pods = semantics.expected_backends(s, svc, sp, client_node=node, via_nodeport=external)
+        keeps_source = external and svc.external_traffic_policy == "Local"
+        return svc, f"{svc.ref} NodePort on {node}", pods, sp.target_port, keeps_source
+    return None
+
+
+def check(case: Case, observations: Sequence[Observation], exact: bool) -> list[str]:
+    s = case.scenario
+    out: list[str] = []
+    for obs in observations:
+        probe = obs.probe
+        target = _backends(s, probe)
+        if target is None:
+            # Only ClusterIPs are judged here: a wrong port/protocol is never served.
+            if s.service_by_ip(probe.dst) is not None:
+                for o, p in each_outcome(obs):
+                    if o.verdict == "delivered":
+                        out.append(violation(probe, "not served (the Service does not expose this port/protocol)", o, p=p))
+            continue
+        svc, what, pods, target_port, keeps_source = target
+        refs = {pod.ref for pod in pods}
+        for o, p in each_outcome(obs):
+            if not pods:
+                if o.verdict == "delivered":
+                    out.append(violation(probe, f"not served ({what} has no eligible endpoint)", o, p=p))
+                elif not s.endpoints(svc) and o.verdict != "refused":
+                    out.append(violation(probe, f"refused at once ({what} has no endpoints)", o, p=p))
+                continue
+            want = f"served by one of {sorted(refs)} at port {target_port}, reply from {probe.dst}"
+            ok = (
+                o.verdict == "delivered"
+                and o.served_by in refs
+                and o.served_port == target_port
+                and o.client_saw == probe.dst
+            )
+            if keeps_source:
+                want += f", server sees the client's address {external_ip(s)}"
+                ok = ok and o.server_saw == external_ip(s)
+            if not ok:
+                out.append(violation(probe, want, o, p=p))
+        if exact and pods and served_set(obs) != refs:
+            out.append(f"{probe}: expected every endpoint {sorted(refs)} to be a possible server; got {sorted(served_set(obs))}")
+    return out
+
+
+def _classic() -> tuple[Case, ...]:
+    s = classic_scenario()
+    svc = s.services[0]
+    return (
+        Case(
+            s,
+            (
+                Probe("pod:default/pod-a", svc.cluster_ip, 80, "TCP"),
+                Probe("pod:default/pod-a", svc.cluster_ip, 80, "UDP"),
+                Probe("pod:default/pod-a", svc.cluster_ip, 8080, "TCP"),
+                Probe("node:node-1", svc.cluster_ip, 80, "TCP"),
+            ),
+        ),
+    )
+
+
+SPEC = Spec(
+    name="dnat",
+    summary="ClusterIP/NodePort land on an endpoint at targetPort, matched on IP+port+protocol; replies un-NATed",
+    cases=cases,
+    check=check,
+    examples=_classic(),
+)
