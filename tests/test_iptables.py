@@ -104,7 +104,7 @@ COMMIT
 -A KUBE-SVC-WEB -m comment --comment "default/web:http -> 10.244.1.12:8080" -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-BBB
 -A KUBE-SVC-WEB -m comment --comment "default/web:http -> 10.244.2.13:8080" -j KUBE-SEP-CCC
 COMMIT
-"""
+"""  # noqa: E501
 
 CNI_MASQ = r"""
 *nat
@@ -117,7 +117,7 @@ CNI_MASQ = r"""
 -A CNI-4c0bd1e3a1b2c3d4e5f6a7b8 -d 10.244.1.0/24 -m comment --comment "name: \"cbr0\" id: \"4c0bd1e3\"" -j ACCEPT
 -A CNI-4c0bd1e3a1b2c3d4e5f6a7b8 ! -d 224.0.0.0/4 -m comment --comment "name: \"cbr0\" id: \"4c0bd1e3\"" -j MASQUERADE
 COMMIT
-"""
+"""  # noqa: E501
 
 
 def rule_at(text: str, table: str, chain: str, index: int) -> Rule:
@@ -338,16 +338,14 @@ def test_target_options() -> None:
         "icmp-admin-prohibited"
     )
     assert target("-j REJECT", "filter", "OUTPUT") == RejectTarget("icmp-port-unreachable")
-    assert target("-j LOG --log-prefix \"drop: \" --log-level 7") == LogTarget("drop: ", "debug")
+    assert target('-j LOG --log-prefix "drop: " --log-level 7') == LogTarget("drop: ", "debug")
     assert target("-p udp -j SNAT --to-source 1.2.3.4:5000 --random-fully --persistent", "nat", "POSTROUTING") == (
         NatTarget("SNAT", IPv4Address("1.2.3.4"), 5000, frozenset({"random-fully", "persistent"}))
     )
     assert target("-j DNAT --to-destination 10.0.0.1 --random", "nat", "OUTPUT") == NatTarget(
         "DNAT", IPv4Address("10.0.0.1"), None, frozenset({"random"})
     )
-    assert target("-p tcp -j MASQUERADE --to-ports 6000", "nat", "POSTROUTING") == NatTarget(
-        "MASQUERADE", None, 6000
-    )
+    assert target("-p tcp -j MASQUERADE --to-ports 6000", "nat", "POSTROUTING") == NatTarget("MASQUERADE", None, 6000)
     goto = one_rule("-g X", "filter", "INPUT", ":X - [0:0]\n")
     assert goto.target == Jump("X", goto=True)
 
@@ -378,7 +376,9 @@ def test_unknown_target_option() -> None:
 
 
 def test_unknown_target_or_undeclared_chain() -> None:
-    e = refused("*nat\n:KUBE-SERVICES - [0:0]\n-A PREROUTING -j KUBE-SERVICES\n-A KUBE-SERVICES -j KUBE-SVC-GONE\nCOMMIT\n")
+    e = refused(
+        "*nat\n:KUBE-SERVICES - [0:0]\n-A PREROUTING -j KUBE-SERVICES\n-A KUBE-SERVICES -j KUBE-SVC-GONE\nCOMMIT\n"
+    )
     assert e.line == 4 and "undeclared chain 'KUBE-SVC-GONE'" in e.message
     e = refused("*raw\n-A PREROUTING -j NOTRACK\nCOMMIT\n")
     assert e.line == 2 and "'NOTRACK'" in e.message
@@ -409,18 +409,14 @@ def test_other_kernel_load_time_checks() -> None:
     assert "-p" in refused("*nat\n-A OUTPUT -j DNAT --to-destination 1.1.1.1:80\nCOMMIT\n").message
     assert "requires -p tcp" in refused("*filter\n-A INPUT -m tcp --dport 1 -j ACCEPT\nCOMMIT\n").message
     assert "-o" in refused("*filter\n-A INPUT -o eth0 -j ACCEPT\nCOMMIT\n").message
-    e = refused("*filter\n:C - [0:0]\n-A OUTPUT -j C\n-A C -m addrtype --dst-type LOCAL --limit-iface-in -j ACCEPT\nCOMMIT\n")
+    e = refused(
+        "*filter\n:C - [0:0]\n-A OUTPUT -j C\n-A C -m addrtype --dst-type LOCAL --limit-iface-in -j ACCEPT\nCOMMIT\n"
+    )
     assert e.line == 4 and "limit-iface-in" in e.message
 
 
 def test_jump_loop() -> None:
-    e = refused(
-        "*filter\n:A - [0:0]\n:B - [0:0]\n"
-        "-A INPUT -j A\n"
-        "-A A -j B\n"
-        "-A B -s 10.0.0.1 -g A\n"
-        "COMMIT\n"
-    )
+    e = refused("*filter\n:A - [0:0]\n:B - [0:0]\n-A INPUT -j A\n-A A -j B\n-A B -s 10.0.0.1 -g A\nCOMMIT\n")
     assert e.line == 6 and "loop" in e.message and "A -> B -> A" in e.message
 
 
@@ -459,11 +455,11 @@ def test_missing_commit_and_structure_errors() -> None:
         ("-j ACCEPT --bogus", "'--bogus'"),
         ("-j MARK --set-mark 1 --or-mark 2", "exactly one"),
         ("-j CONNMARK --set-mark 1 --nfmask 2", "--nfmask"),
-        ("-j LOG --log-prefix \"" + "x" * 30 + "\"", "29"),
+        ('-j LOG --log-prefix "' + "x" * 30 + '"', "29"),
         ("-s 10.0.0.1 -s 10.0.0.2 -j ACCEPT", "twice"),
         ("-j ACCEPT -j DROP", "twice"),
         ("! -j ACCEPT", "negated"),
-        ("-m comment --comment \"unterminated -j ACCEPT", "split"),
+        ('-m comment --comment "unterminated -j ACCEPT', "split"),
         ("-j TRACE", "'TRACE'"),
     ],
 )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import re
-import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -320,9 +319,7 @@ class LogTarget:
     level: str = "warning"
 
 
-Target = (
-    Verdict | Jump | RejectTarget | MarkTarget | ConnmarkTarget | NatTarget | LogTarget
-)
+Target = Verdict | Jump | RejectTarget | MarkTarget | ConnmarkTarget | NatTarget | LogTarget
 
 
 # --------------------------------------------------------------------------
@@ -371,9 +368,7 @@ class Ruleset:
         chain = t.chains.get(from_chain) if t is not None else None
         if chain is None:
             return False
-        return any(
-            isinstance(r.target, Jump) and r.target.chain == to_chain for r in chain.rules
-        )
+        return any(isinstance(r.target, Jump) and r.target.chain == to_chain for r in chain.rules)
 
     def rules(self) -> Iterable[Rule]:
         for t in self.tables.values():
@@ -808,9 +803,7 @@ def _finish_match(ext: _Ext, info: _RuleInfo) -> Match | None:
             slots += 1 if r.lo == r.hi and ":" not in part else 2
         if slots > 15:
             raise _Refused("multiport takes at most 15 ports (a range counts as two)")
-        which: Literal["src", "dst", "either"] = (
-            "src" if key == "sports" else "dst" if key == "dports" else "either"
-        )
+        which: Literal["src", "dst", "either"] = "src" if key == "sports" else "dst" if key == "dports" else "either"
         return MultiportMatch(which, tuple(ranges), ext.inverted(key))
     if name == "comment":
         if not ext.has("comment"):
@@ -955,9 +948,12 @@ def _finish_recent(ext: _Ext) -> RecentMatch:
     if len(commands) != 1:
         raise _Refused("recent takes exactly one of --set, --rcheck, --update, --remove")
     command: Literal["set", "rcheck", "update", "remove"] = (
-        "set" if commands[0] == "set"
-        else "rcheck" if commands[0] == "rcheck"
-        else "update" if commands[0] == "update"
+        "set"
+        if commands[0] == "set"
+        else "rcheck"
+        if commands[0] == "rcheck"
+        else "update"
+        if commands[0] == "update"
         else "remove"
     )
     seconds = _num(ext.value("seconds"), "--seconds") if ext.has("seconds") else 0
@@ -1080,8 +1076,10 @@ def _finish_connmark(ext: _Ext) -> ConnmarkTarget:
     sets = [k for k in ("set-xmark", "set-mark", "and-mark", "or-mark", "xor-mark") if ext.has(k)]
     masks = [k for k in ("nfmask", "ctmask", "mask") if ext.has(k)]
     if len(modes) + len(sets) != 1:
-        raise _Refused("CONNMARK takes exactly one of --set-xmark, --set-mark, --and-mark, "
-                       "--or-mark, --xor-mark, --save-mark, --restore-mark")
+        raise _Refused(
+            "CONNMARK takes exactly one of --set-xmark, --set-mark, --and-mark, "
+            "--or-mark, --xor-mark, --save-mark, --restore-mark"
+        )
     if sets:
         if masks:
             raise _Refused("--nfmask, --ctmask and --mask only go with --save-mark or --restore-mark")
@@ -1116,7 +1114,9 @@ _GENERIC = {
 _NOT_INVERTIBLE = {"jump", "goto", "match", "ipv4"}
 
 
-def _parse_rule_args(args: list[str], table: str, chain: str, declared: dict[str, Chain]) -> tuple[list[Match], Target | None, str | None]:
+def _parse_rule_args(
+    args: list[str], table: str, chain: str, declared: dict[str, Chain]
+) -> tuple[list[Match], Target | None, str | None]:
     """The options of one rule (after `-A CHAIN`), into matches and a target."""
     info = _RuleInfo(table, chain)
     generic: list[Match] = []
@@ -1131,16 +1131,14 @@ def _parse_rule_args(args: list[str], table: str, chain: str, declared: dict[str
     def take(opt: str, n: int, invertible: bool) -> list[str]:
         """The values of `opt`, accepting the old `--opt ! value` negation too."""
         nonlocal i, invert
-        if n and i < len(args) and args[i] == "!":
-            if not invertible:
-                raise _Refused(f"option {opt} cannot be negated")
+        if n and invertible and i < len(args) and args[i] == "!":
             if invert:
                 raise _Refused("double negation")
             invert = True
             i += 1
         if i + n > len(args):
             raise _Refused(f"option {opt} needs {n} value(s)")
-        values = args[i:i + n]
+        values = args[i : i + n]
         i += n
         return values
 
@@ -1196,8 +1194,7 @@ def _parse_rule_args(args: list[str], table: str, chain: str, declared: dict[str
                 if value not in declared:
                     how = "goto" if key == "goto" else "jump"
                     raise _Refused(
-                        f"{how} to undeclared chain {value!r} "
-                        f"(and no target of that name is modelled by the simulator)"
+                        f"{how} to undeclared chain {value!r} (and no target of that name is modelled by the simulator)"
                     )
                 jump = Jump(value, key == "goto")
                 current = None
@@ -1256,13 +1253,16 @@ def _parse_rule_args(args: list[str], table: str, chain: str, declared: dict[str
 # --------------------------------------------------------------------------
 # Hook restrictions the kernel enforces when the table is loaded
 
+
 def _allowed_hooks(rule: Rule) -> tuple[frozenset[str], str] | None:
     """Hooks the rule may be reached from, and why; None when unrestricted."""
     allowed = frozenset(HOOKS)
     why: list[str] = []
     t = rule.target
     if isinstance(t, NatTarget):
-        hooks = {"DNAT": ("PREROUTING", "OUTPUT"), "SNAT": ("POSTROUTING", "INPUT"), "MASQUERADE": ("POSTROUTING",)}[t.kind]
+        hooks = {"DNAT": ("PREROUTING", "OUTPUT"), "SNAT": ("POSTROUTING", "INPUT"), "MASQUERADE": ("POSTROUTING",)}[
+            t.kind
+        ]
         allowed &= frozenset(hooks)
         why.append(f"target {t.kind} (only {', '.join(hooks)})")
     if isinstance(t, RejectTarget):
@@ -1275,7 +1275,11 @@ def _allowed_hooks(rule: Rule) -> tuple[frozenset[str], str] | None:
         if isinstance(m, AddrtypeMatch) and m.limit == "out":
             allowed -= {"PREROUTING", "INPUT"}
             why.append("addrtype --limit-iface-out (not PREROUTING, INPUT)")
-        if isinstance(m, PhysdevMatch) and (m.out_iface is not None or m.is_out is not None) and m.is_bridged is not True:
+        if (
+            isinstance(m, PhysdevMatch)
+            and (m.out_iface is not None or m.is_out is not None)
+            and m.is_bridged is not True
+        ):
             allowed -= {"OUTPUT"}
             why.append("physdev --physdev-out/--physdev-is-out without --physdev-is-bridged (not OUTPUT)")
     if not why:
@@ -1307,7 +1311,7 @@ def _check_table(table: Table, source: str) -> None:
                 continue
             if t.chain in on_path:
                 r = rules[pos]
-                raise RulesetError(source, r.line, r.text, f"jump loop: {' -> '.join(path + [t.chain])}")
+                raise RulesetError(source, r.line, r.text, f"jump loop: {' -> '.join([*path, t.chain])}")
             if t.chain in done:
                 continue
             done.add(t.chain)
@@ -1328,7 +1332,9 @@ def _check_table(table: Table, source: str) -> None:
             if bad:
                 via = "" if chain.builtin else f" (chain {name} is reachable from {', '.join(bad)})"
                 raise RulesetError(
-                    source, r.line, r.text,
+                    source,
+                    r.line,
+                    r.text,
                     f"{why}: not allowed from {', '.join(bad)}{via}",
                 )
 
@@ -1337,6 +1343,40 @@ def _check_table(table: Table, source: str) -> None:
 # The file
 
 _COUNTERS = re.compile(r"^\[(\d+):(\d+)\]\s*")
+# Shell-like words as iptables-restore splits them: "..." (where a backslash
+# escapes any character), '...', and backslash escapes outside quotes.
+_WORD = re.compile(r"""(?:[^\s"'\\]+|"(?:[^"\\]|\\.)*"|'[^']*'|\\.)+""", re.S)
+_PIECE = re.compile(r"""[^\s"'\\]+|"((?:[^"\\]|\\.)*)"|'([^']*)'|\\(.)""", re.S)
+_ESCAPED = re.compile(r"\\(.)", re.S)
+
+
+def split_words(line: str) -> list[str]:
+    """Split a rule line into words; _Refused on an unterminated quote."""
+    words: list[str] = []
+    pos = 0
+    for m in _WORD.finditer(line):
+        if line[pos : m.start()].strip():
+            break
+        pos = m.end()
+        word = m.group()
+        if '"' not in word and "'" not in word and "\\" not in word:
+            words.append(word)
+            continue
+        parts: list[str] = []
+        for piece in _PIECE.finditer(word):
+            dq, sq, esc = piece.group(1), piece.group(2), piece.group(3)
+            if dq is not None:
+                parts.append(_ESCAPED.sub(r"\1", dq))
+            elif sq is not None:
+                parts.append(sq)
+            elif esc is not None:
+                parts.append(esc)
+            else:
+                parts.append(piece.group())
+        words.append("".join(parts))
+    if line[pos:].strip():
+        raise _Refused("cannot split the line: unterminated quote")
+    return words
 
 
 @dataclass
@@ -1407,10 +1447,7 @@ def _declare(table: Table, line: str) -> None:
 
 def _rule_line(table: Table, line: str, lineno: int) -> None:
     body = _COUNTERS.sub("", line, count=1)
-    try:
-        args = shlex.split(body)
-    except ValueError as e:
-        raise _Refused(f"cannot split the line: {e}") from None
+    args = split_words(body)
     if len(args) < 2:
         raise _Refused("expected -A CHAIN ...")
     cmd, chain_name = args[0], args[1]

@@ -590,7 +590,9 @@ class Kernel:
         if walk.hops > MAX_HOPS:
             raise SimError(f"routing loop: {pkt.describe()} crossed more than {MAX_HOPS} devices")
         if dev.kind == "lo":
-            return self.ip_rcv(walk, dev.netns, dev, pkt)
+            # A looped-back packet keeps its output route (skb_valid_dst), so
+            # ip_rcv_finish does no input route lookup and no source check.
+            return self.ip_rcv(walk, dev.netns, dev, pkt, route=Route("local", dev, pkt.dst))
         if dev.kind == "bridge":
             # br_dev_xmit: frames from the host are forwarded by the FDB and
             # never count as coming back out of their own port.
@@ -674,11 +676,11 @@ class Kernel:
         return self.xmit(walk, out, pkt)
 
     # -- IP input ------------------------------------------------------------
-    def ip_rcv(self, walk: Walk, ns: NetNS, dev: Device, pkt: Packet) -> Landing:
+    def ip_rcv(self, walk: Walk, ns: NetNS, dev: Device, pkt: Packet, *, route: Route | None = None) -> Landing:
         res = self.hook(walk, ns, "PREROUTING", pkt, in_dev=dev, out_dev=None)
         if res.verdict != "ACCEPT":
             return self._refuse(walk, ns, "PREROUTING", pkt, res)
-        return self.ip_rcv_finish(walk, ns, dev, pkt, self.route_input(ns, pkt, dev))
+        return self.ip_rcv_finish(walk, ns, dev, pkt, route or self.route_input(ns, pkt, dev))
 
     def ip_rcv_finish(self, walk: Walk, ns: NetNS, dev: Device, pkt: Packet, route: Route) -> Landing:
         if route.kind == "error":

@@ -20,6 +20,7 @@ from ipaddress import IPv4Address
 from typing import Literal, Protocol
 
 from backends.sim.iptables import (
+    RECENT_PKT_LIST_TOT,
     AddrMatch,
     AddrtypeMatch,
     CommentMatch,
@@ -52,8 +53,7 @@ from backends.sim.iptables import (
 from backends.sim.packet import Conn, Packet
 
 _MASK32 = 0xFFFFFFFF
-# The kernel's xt_recent defaults: timestamps kept per address, addresses per list.
-RECENT_PKT_LIST_TOT = 20
+# The kernel's xt_recent default: addresses kept per list (ip_list_tot).
 RECENT_LIST_TOT = 100
 
 
@@ -374,7 +374,7 @@ def _compile_recent(m: RecentMatch) -> Pred:
                 oldest_addr = next(iter(table))
                 oldest = table[oldest_addr]
                 # the kernel reaps the LRU entry unless it is the one about to be updated
-                if not (oldest_addr == addr and command == "update") and oldest[-1] < since:
+                if not (oldest_addr == addr and command == "update" and ret) and oldest[-1] < since:
                     del table[oldest_addr]
         if command == "set" or (command == "update" and ret):
             entry = table.pop(addr, stamps)  # the entry moves to the LRU tail
@@ -598,7 +598,7 @@ def traverse(ruleset: Ruleset, table: str, pkt: Packet, ctx: HookContext) -> Dec
             action = cr.action
             if action == _CONTINUE:
                 continue
-            if action == _JUMP or action == _GOTO:
+            if action in (_JUMP, _GOTO):
                 target = cr.target_chain
                 assert target is not None
                 if trace is not None:
@@ -607,7 +607,7 @@ def traverse(ruleset: Ruleset, table: str, pkt: Packet, ctx: HookContext) -> Dec
                     stack.append((chain, cand, pos))
                 chain, cand, pos = target, target.candidates(pkt), 0
                 continue
-            if action == _ACCEPT or action == _DROP:
+            if action in (_ACCEPT, _DROP):
                 verdict: Literal["ACCEPT", "DROP"] = "ACCEPT" if action == _ACCEPT else "DROP"
                 if trace is not None:
                     step(chain, verdict, cr.rule)
@@ -618,7 +618,7 @@ def traverse(ruleset: Ruleset, table: str, pkt: Packet, ctx: HookContext) -> Dec
                 if not stack:
                     policy = "DROP" if base.policy == "DROP" else "ACCEPT"
                     if trace is not None:
-                        step(base, f"return from the built-in chain => policy {policy}")
+                        step(chain, f"no caller to return to => policy {policy}")
                     return Decision(policy, None)
                 chain, cand, pos = stack.pop()
                 continue
@@ -655,4 +655,3 @@ def traverse(ruleset: Ruleset, table: str, pkt: Packet, ctx: HookContext) -> Dec
                     step(chain, f"LOG {cr.log.prefix!r} {pkt.describe()}", cr.rule)
                 continue
             raise AssertionError(action)
-

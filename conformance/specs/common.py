@@ -43,6 +43,8 @@ def cases_of(
     """Scenarios, each with 1..max_probes distinct probes drawn within it."""
 
     def with_probes(s: Scenario) -> st.SearchStrategy[Case]:
+        if probes(s).is_empty:
+            return st.nothing()  # this scenario offers no such probe: rejected
         return st.lists(probes(s), min_size=1, max_size=max_probes, unique=True).map(
             lambda ps: Case(s, tuple(ps))
         )

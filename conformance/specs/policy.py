@@ -48,6 +48,8 @@ def _with_direct(s: Scenario, service_probes: list[Probe]) -> Case:
 def cases() -> st.SearchStrategy[Case]:
     def for_scenario(s: Scenario) -> st.SearchStrategy[Case]:
         pod_sources = [f"pod:{p.ref}" for p in s.pods]
+        if strategies.probes(s, kinds=("service",)).is_empty:
+            return st.nothing()
         service_probes = strategies.probes(s, kinds=("service",)).filter(lambda p: p.source in pod_sources)
         return st.lists(service_probes, min_size=1, max_size=2, unique=True).map(lambda ps: _with_direct(s, ps))
 
@@ -92,7 +94,7 @@ def check(case: Case, observations: Sequence[Observation], exact: bool) -> list[
                 key = (probe.source, o.served_by or "", sp.target_port, sp.protocol)
                 if direct.get(key) is False:
                     out.append(violation(probe, f"not served by {o.served_by}: reaching it directly is denied", o, p=p))
-            elif len(allowed) == len(eps):
+            elif eps and len(allowed) == len(eps):
                 out.append(violation(probe, f"served (policies allow every endpoint: {sorted(allowed)})", o, p=p))
         if exact:
             served = {o.served_by for o, _ in each_outcome(obs) if o.verdict == "delivered"}
