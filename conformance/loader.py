@@ -263,18 +263,12 @@ class _Ctx:
     def label_key(self, key: object, path: str) -> str:
         k = self.string(key, path, "a label key (a string)")
         prefix, _, name = k.rpartition("/")
-        if (
-            len(name) > 63
-            or not _LABEL_NAME.fullmatch(name)
-            or (prefix and not _DNS_SUBDOMAIN.fullmatch(prefix))
-        ):
+        if len(name) > 63 or not _LABEL_NAME.fullmatch(name) or (prefix and not _DNS_SUBDOMAIN.fullmatch(prefix)):
             self.fail(_join(path, k), f"expected a label key like 'app' or 'x.io/app', got {k!r}")
         return k
 
 
-def _annotations(
-    ctx: _Ctx, meta: dict[str, object], known: dict[str, tuple[str, str]]
-) -> dict[str, bool]:
+def _annotations(ctx: _Ctx, meta: dict[str, object], known: dict[str, tuple[str, str]]) -> dict[str, bool]:
     """Knob annotations: {key: (true text, false text)} -> {key: value}."""
     raw = ctx.mapping(meta.get("annotations"), "metadata.annotations", sorted(known))
     out: dict[str, bool] = {}
@@ -360,9 +354,7 @@ def _parse_object(source: str, where: str, doc: object, out: _Collected) -> None
             ("masqueradeHairpin", "clusterCIDR", "serviceCIDR", "nodeCIDR"),
         )
         if "masqueradeHairpin" in spec:
-            out.masquerade_hairpin = ctx.boolean(
-                spec["masqueradeHairpin"], "spec.masqueradeHairpin"
-            )
+            out.masquerade_hairpin = ctx.boolean(spec["masqueradeHairpin"], "spec.masqueradeHairpin")
         if "clusterCIDR" in spec:
             out.cluster_cidr = ctx.cidr(spec["clusterCIDR"], "spec.clusterCIDR")
         if "serviceCIDR" in spec:
@@ -377,11 +369,7 @@ def _parse_object(source: str, where: str, doc: object, out: _Collected) -> None
         label=kind in ("Namespace", "Service"),
     )
     namespaced = kind in ("Pod", "Service", "NetworkPolicy")
-    namespace = (
-        ctx.name(meta.get("namespace", "default"), "metadata.namespace", label=True)
-        if namespaced
-        else ""
-    )
+    namespace = ctx.name(meta.get("namespace", "default"), "metadata.namespace", label=True) if namespaced else ""
     ctx.obj = f"{kind} {namespace}/{name}" if namespaced else f"{kind} {name}"
 
     if kind == "Namespace":
@@ -419,9 +407,7 @@ def _parse_node(ctx: _Ctx, name: str, meta: dict[str, object], obj: dict[str, ob
     spec = ctx.mapping(obj.get("spec"), "spec", ("podCIDR",))
     pod_cidr = ctx.cidr(ctx.required(spec, "podCIDR", "spec", "an IPv4 CIDR"), "spec.podCIDR")
     if pod_cidr.prefixlen > 30:
-        ctx.fail(
-            "spec.podCIDR", f"expected a CIDR of /30 or larger (room for pods), got {pod_cidr}"
-        )
+        ctx.fail("spec.podCIDR", f"expected a CIDR of /30 or larger (room for pods), got {pod_cidr}")
     status = ctx.mapping(obj.get("status"), "status", ("addresses",))
     addresses = ctx.list(
         ctx.required(status, "addresses", "status", "a list with one InternalIP address"),
@@ -432,13 +418,9 @@ def _parse_node(ctx: _Ctx, name: str, meta: dict[str, object], obj: dict[str, ob
         path = f"status.addresses[{i}]"
         entry = ctx.mapping(item, path, ("type", "address"))
         ctx.choice(ctx.required(entry, "type", path, "InternalIP"), f"{path}.type", ("InternalIP",))
-        internal.append(
-            ctx.ip(ctx.required(entry, "address", path, "an IPv4 address"), f"{path}.address")
-        )
+        internal.append(ctx.ip(ctx.required(entry, "address", path, "an IPv4 address"), f"{path}.address"))
     if len(internal) != 1:
-        ctx.fail(
-            "status.addresses", f"expected exactly one InternalIP address, got {len(internal)}"
-        )
+        ctx.fail("status.addresses", f"expected exactly one InternalIP address, got {len(internal)}")
     return Node(
         name=name,
         ip=internal[0],
@@ -448,15 +430,11 @@ def _parse_node(ctx: _Ctx, name: str, meta: dict[str, object], obj: dict[str, ob
     )
 
 
-def _parse_pod(
-    ctx: _Ctx, namespace: str, name: str, meta: dict[str, object], obj: dict[str, object]
-) -> Pod:
+def _parse_pod(ctx: _Ctx, namespace: str, name: str, meta: dict[str, object], obj: dict[str, object]) -> Pod:
     pod_labels = ctx.labels(meta.get("labels"), "metadata.labels")
     knobs = _annotations(ctx, meta, {ANN_ACCEPT_LOCAL: ("1", "0")})
     spec = ctx.mapping(obj.get("spec"), "spec", ("nodeName", "containers"))
-    node = ctx.name(
-        ctx.required(spec, "nodeName", "spec", "a node name"), "spec.nodeName", label=False
-    )
+    node = ctx.name(ctx.required(spec, "nodeName", "spec", "a node name"), "spec.nodeName", label=False)
     ports: list[ContainerPort] = []
     for i, item in enumerate(ctx.list(spec.get("containers"), "spec.containers")):
         cpath = f"spec.containers[{i}]"
@@ -502,9 +480,7 @@ def _parse_service(ctx: _Ctx, namespace: str, name: str, obj: dict[str, object])
     svc_type = ctx.choice(spec.get("type", "ClusterIP"), "spec.type", _SERVICE_TYPES)
     if spec.get("clusterIP") == "None":
         ctx.fail("spec.clusterIP", "headless Services are not supported: expected an IPv4 address")
-    cluster_ip = ctx.ip(
-        ctx.required(spec, "clusterIP", "spec", "an IPv4 address"), "spec.clusterIP"
-    )
+    cluster_ip = ctx.ip(ctx.required(spec, "clusterIP", "spec", "an IPv4 address"), "spec.clusterIP")
     selector = ctx.labels(spec.get("selector"), "spec.selector")
     etp = ctx.choice(
         spec.get("externalTrafficPolicy", "Cluster"),
@@ -524,9 +500,7 @@ def _parse_service(ctx: _Ctx, namespace: str, name: str, obj: dict[str, object])
         if "name" in entry:
             port_name = ctx.name(entry["name"], f"{path}.name", label=True)
         protocol = _protocol(ctx, entry, path)
-        port = ctx.integer(
-            ctx.required(entry, "port", path, "an integer 1-65535"), f"{path}.port", 1, 65535
-        )
+        port = ctx.integer(ctx.required(entry, "port", path, "an integer 1-65535"), f"{path}.port", 1, 65535)
         target = entry.get("targetPort", port)  # Kubernetes defaults targetPort to port
         if isinstance(target, str):
             ctx.fail(
@@ -541,16 +515,12 @@ def _parse_service(ctx: _Ctx, namespace: str, name: str, obj: dict[str, object])
             node_port = ctx.integer(entry["nodePort"], f"{path}.nodePort", 30000, 32767)
         elif svc_type == "NodePort":
             # Nothing allocates ports here: a scenario must say which it means.
-            ctx.fail(
-                f"{path}.nodePort", "required for type NodePort: expected an integer 30000-32767"
-            )
+            ctx.fail(f"{path}.nodePort", "required for type NodePort: expected an integer 30000-32767")
         for j, other in enumerate(ports):
             if (other.port, other.protocol) == (port, protocol):
                 ctx.fail(path, f"duplicate port {port}/{protocol} (also spec.ports[{j}])")
             if port_name and other.name == port_name:
-                ctx.fail(
-                    f"{path}.name", f"duplicate port name {port_name!r} (also spec.ports[{j}])"
-                )
+                ctx.fail(f"{path}.name", f"duplicate port name {port_name!r} (also spec.ports[{j}])")
             if node_port is not None and (other.node_port, other.protocol) == (node_port, protocol):
                 ctx.fail(
                     f"{path}.nodePort",
@@ -669,9 +639,7 @@ def _parse_peer(ctx: _Ctx, value: object, path: str) -> PolicyPeer:
             excepts.append(e)
         return PolicyPeer(ip_block=IPBlock(cidr, tuple(excepts)))
     return PolicyPeer(
-        pod_selector=_parse_selector(ctx, m["podSelector"], f"{path}.podSelector")
-        if "podSelector" in m
-        else None,
+        pod_selector=_parse_selector(ctx, m["podSelector"], f"{path}.podSelector") if "podSelector" in m else None,
         namespace_selector=_parse_selector(ctx, m["namespaceSelector"], f"{path}.namespaceSelector")
         if "namespaceSelector" in m
         else None,
@@ -947,9 +915,7 @@ def _documents(s: Scenario) -> Iterable[dict[str, object]]:
             meta["annotations"] = {ANN_ACCEPT_LOCAL: "1"}
         container: dict[str, object] = {"name": "app"}
         if pod.ports:
-            container["ports"] = [
-                {"containerPort": p.port, "protocol": p.protocol} for p in pod.ports
-            ]
+            container["ports"] = [{"containerPort": p.port, "protocol": p.protocol} for p in pod.ports]
         yield {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -1019,15 +985,11 @@ def dump_scenario(s: Scenario) -> str:
     from what failed: a scenario YAML cannot express (an invalid one, or one
     not in canonical form, such as unsorted labels) raises `ScenarioError`.
     """
-    text = yaml.safe_dump_all(
-        list(_documents(s)), sort_keys=False, explicit_start=True, default_flow_style=False
-    )
+    text = yaml.safe_dump_all(list(_documents(s)), sort_keys=False, explicit_start=True, default_flow_style=False)
     try:
         back = parse_scenario(text, source=f"<dump of {s.name}>")
     except ScenarioError as e:
         raise ScenarioError(f"scenario {s.name!r} cannot be written as YAML: {e}") from None
     if back != s:
-        raise ScenarioError(
-            f"scenario {s.name!r} does not survive a YAML round trip: {_first_difference(s, back)}"
-        )
+        raise ScenarioError(f"scenario {s.name!r} does not survive a YAML round trip: {_first_difference(s, back)}")
     return text

@@ -40,9 +40,7 @@ def isolating_policies(s: Scenario, pod: Pod, direction: Direction) -> tuple[Net
     return tuple(
         p
         for p in s.policies
-        if p.namespace == pod.namespace
-        and direction in p.policy_types
-        and p.pod_selector.matches(pod.labels)
+        if p.namespace == pod.namespace and direction in p.policy_types and p.pod_selector.matches(pod.labels)
     )
 
 
@@ -60,9 +58,7 @@ def _peer_matches_pod(s: Scenario, policy: NetworkPolicy, peer: PolicyPeer, pod:
     return in_namespace and pod_ok
 
 
-def _peer_matches(
-    s: Scenario, policy: NetworkPolicy, peer: PolicyPeer, other: Pod | IPv4Address
-) -> bool:
+def _peer_matches(s: Scenario, policy: NetworkPolicy, peer: PolicyPeer, other: Pod | IPv4Address) -> bool:
     if isinstance(other, Pod):
         return _peer_matches_pod(s, policy, peer, other)
     # Selectors only ever match pods; an address is matched by ipBlocks alone.
@@ -82,18 +78,14 @@ def _rule_allows(
     return peers_ok and ports_ok
 
 
-def _ingress_allows(
-    s: Scenario, src: Pod | IPv4Address, dst: Pod, port: int, protocol: Protocol
-) -> bool:
+def _ingress_allows(s: Scenario, src: Pod | IPv4Address, dst: Pod, port: int, protocol: Protocol) -> bool:
     if isinstance(src, IPv4Address) and src == s.node(dst.node).ip:
         # "Traffic to and from the node where a Pod is running is always allowed."
         return True
     policies = isolating_policies(s, dst, "Ingress")
     if not policies:
         return True
-    return any(
-        _rule_allows(s, p, rule, src, port, protocol) for p in policies for rule in p.ingress
-    )
+    return any(_rule_allows(s, p, rule, src, port, protocol) for p in policies for rule in p.ingress)
 
 
 def _egress_allows(s: Scenario, src: Pod, dst: Pod, port: int, protocol: Protocol) -> bool:
@@ -103,9 +95,7 @@ def _egress_allows(s: Scenario, src: Pod, dst: Pod, port: int, protocol: Protoco
     return any(_rule_allows(s, p, rule, dst, port, protocol) for p in policies for rule in p.egress)
 
 
-def policy_allows(
-    s: Scenario, src: Pod | IPv4Address, dst: Pod, port: int, protocol: Protocol
-) -> bool:
+def policy_allows(s: Scenario, src: Pod | IPv4Address, dst: Pod, port: int, protocol: Protocol) -> bool:
     """Do NetworkPolicies allow a new connection from `src` to `dst` pod?
 
     `port` is the port the destination pod receives on (a Service's
@@ -124,9 +114,7 @@ def policy_allows(
     return _ingress_allows(s, src, dst, port, protocol)
 
 
-def service_for(
-    s: Scenario, ip: IPv4Address, port: int, protocol: Protocol
-) -> tuple[Service, ServicePort] | None:
+def service_for(s: Scenario, ip: IPv4Address, port: int, protocol: Protocol) -> tuple[Service, ServicePort] | None:
     """The Service port a ClusterIP:port/protocol belongs to, if any."""
     for svc in s.services:
         if svc.cluster_ip != ip:

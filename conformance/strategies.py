@@ -9,6 +9,8 @@ one node, one pod, no Services and no policies.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 from ipaddress import IPv4Address, IPv4Network
 from typing import Literal
 
@@ -51,6 +53,9 @@ PROBE_KINDS: tuple[ProbeKind, ...] = ("pod", "service", "nodeport", "wrong-port"
 # Address plan limits: node IPs 172.18.0.2-254, pod IPs 10.244.<i>.10-254.
 MAX_NODES = 250
 MAX_PODS_PER_NODE = 245
+# ClusterIPs count up from 10.96.0.10; nodePorts must stay unique.
+MAX_SERVICES = 1000
+MAX_POLICIES = 1000
 
 # Small alphabets, so that selectors overlap and collide often.
 NAMESPACES = ("default", "other")
@@ -104,12 +109,8 @@ def classic_scenario() -> Scenario:
     return Scenario(
         nodes=(Node("node-1", IPv4Address("172.18.0.2"), IPv4Network("10.244.1.0/24")),),
         pods=(
-            Pod(
-                "default", "pod-a", "node-1", IPv4Address("10.244.1.10"), labels({"app": "a"}), both
-            ),
-            Pod(
-                "default", "pod-b", "node-1", IPv4Address("10.244.1.11"), labels({"app": "b"}), both
-            ),
+            Pod("default", "pod-a", "node-1", IPv4Address("10.244.1.10"), labels({"app": "a"}), both),
+            Pod("default", "pod-b", "node-1", IPv4Address("10.244.1.11"), labels({"app": "b"}), both),
         ),
         services=(
             Service(
@@ -127,235 +128,270 @@ def classic_scenario() -> Scenario:
     )
 
 
-def _pod_labels() -> st.SearchStrategy[Labels]:
-    # Shrinks to {app: a}: every pod has an app, some have a role.
-    return st.builds(
-        lambda app, role: labels({"app": app} | ({"role": role} if role else {})),
-        st.sampled_from(APPS),
-        st.one_of(st.none(), st.sampled_from(ROLES)),
+# Generation goes in two steps: draw plain "specs" (lists of per-object
+# choices, which Hypothesis shrinks by deleting whole elements), then
+# assemble them into a Scenario with names and addresses from the plan.
+
+
+@dataclass(frozen=True)
+class _PodSpec:
+    namespace: str
+    labels: Labels
+    ports: tuple[ContainerPort, ...]  # before the ports its Services need
+    accept_local: bool
+
+
+@dataclass(frozen=True)
+class _NodeSpec:
+    # Knobs are drawn as "deviates from the default", which shrinks to False.
+    no_hairpin: bool
+    no_bridge_nf: bool
+    pods: tuple[_PodSpec, ...]
+
+
+@dataclass(frozen=True)
+class _ServicePortSpec:
+    port: int
+    protocol: Protocol
+    target_port: int
+    node_port: int  # a wish: moved to the next free port on collision
+
+
+@dataclass(frozen=True)
+class _ServiceSpec:
+    namespace: str
+    selector: Labels
+    ports: tuple[_ServicePortSpec, ...]
+    node_port: bool
+    local: bool
+
+
+# An ipBlock is drawn as a reference (kind, index), resolved once the
+# addresses exist, so that policy strategies need not know the scenario.
+_BlockRef = tuple[str, int]
+_BLOCK_KINDS = (
+    "cluster",
+    "world-except-cluster",
+    "nodes",
+    "services",
+    "pod-cidr",
+    "cluster-except-pod-cidr",
+    "pod",
+    "node",
+    "cluster-ip",
+)
+
+
+@dataclass(frozen=True)
+class _RuleSpec:
+    peers: tuple[PolicyPeer | _BlockRef, ...]
+    ports: tuple[PolicyPort, ...]
+
+
+@dataclass(frozen=True)
+class _PolicySpec:
+    namespace: str
+    pod_selector: LabelSelector
+    policy_types: tuple[Literal["Ingress", "Egress"], ...]
+    ingress: tuple[_RuleSpec, ...]
+    egress: tuple[_RuleSpec, ...]
+
+
+def _label_map(app: str | None, role: str | None) -> Labels:
+    return labels(({"app": app} if app else {}) | ({"role": role} if role else {}))
+
+
+_ROLE = st.one_of(st.none(), st.sampled_from(ROLES))
+# Every pod has an app; shrinks to {app: a}.
+_POD_LABELS = st.builds(_label_map, st.sampled_from(APPS), _ROLE)
+# Selector labels; "z" matches no pod, and {} shrinks to "everything".
+_MATCH_LABELS = st.builds(_label_map, st.one_of(st.none(), st.sampled_from((*APPS, "z"))), _ROLE)
+_REQUIREMENTS = st.one_of(
+    st.builds(
+        Requirement,
+        st.just("app"),
+        st.sampled_from(("In", "NotIn")),
+        st.lists(st.sampled_from(APPS), min_size=1, max_size=2, unique=True).map(tuple),
+    ),
+    st.builds(Requirement, st.just("role"), st.sampled_from(("Exists", "DoesNotExist"))),
+)
+_SELECTORS = st.builds(LabelSelector, _MATCH_LABELS, st.lists(_REQUIREMENTS, max_size=1).map(tuple))
+_NAMESPACE_SELECTORS = st.sampled_from(
+    (
+        LabelSelector(),  # every namespace
+        LabelSelector(labels({"kubernetes.io/metadata.name": "default"})),
+        LabelSelector(labels({"kubernetes.io/metadata.name": "other"})),
+        LabelSelector(labels({"team": "blue"})),
+        LabelSelector(match_expressions=(Requirement("team", "DoesNotExist"),)),
     )
-
-
-def _selectors() -> st.SearchStrategy[LabelSelector]:
-    """Pod selectors over the label alphabet; "z" matches no pod."""
-    match_labels = st.builds(
-        lambda app, role: labels(({"app": app} if app else {}) | ({"role": role} if role else {})),
-        st.one_of(st.none(), st.sampled_from((*APPS, "z"))),
-        st.one_of(st.none(), st.sampled_from(ROLES)),
-    )
-    expressions = st.lists(
-        st.one_of(
-            st.builds(
-                Requirement,
-                st.just("app"),
-                st.sampled_from(("In", "NotIn")),
-                st.lists(st.sampled_from(APPS), min_size=1, max_size=2, unique=True).map(tuple),
-            ),
-            st.builds(
-                Requirement,
-                st.just("role"),
-                st.sampled_from(("Exists", "DoesNotExist")),
-            ),
-        ),
-        max_size=1,
-    ).map(tuple)
-    return st.builds(LabelSelector, match_labels, expressions)
-
-
-def _namespace_selectors() -> st.SearchStrategy[LabelSelector]:
-    return st.sampled_from(
-        (
-            LabelSelector(),  # every namespace
-            LabelSelector(labels({"kubernetes.io/metadata.name": "default"})),
-            LabelSelector(labels({"kubernetes.io/metadata.name": "other"})),
-            LabelSelector(labels({"team": "blue"})),
-            LabelSelector(match_expressions=(Requirement("team", "DoesNotExist"),)),
-        )
-    )
-
-
-def _ip_blocks(
-    nodes: Sequence[Node], pods: Sequence[Pod], services: Sequence[Service]
-) -> st.SearchStrategy[IPBlock]:
-    cluster = IPv4Network("10.244.0.0/16")
-    blocks = [
-        IPBlock(cluster),
-        IPBlock(IPv4Network("0.0.0.0/0"), (cluster,)),
-        IPBlock(IPv4Network("172.18.0.0/24")),  # the nodes
-        IPBlock(IPv4Network("10.96.0.0/12")),  # every ClusterIP
-    ]
-    blocks += [IPBlock(n.pod_cidr) for n in nodes]
-    blocks += [IPBlock(cluster, (n.pod_cidr,)) for n in nodes]
-    blocks += [IPBlock(IPv4Network(f"{p.ip}/32")) for p in pods]
-    blocks += [IPBlock(IPv4Network(f"{n.ip}/32")) for n in nodes]
-    blocks += [IPBlock(IPv4Network(f"{s.cluster_ip}/32")) for s in services]
-    return st.sampled_from(blocks)
-
-
-def _policy_ports() -> st.SearchStrategy[PolicyPort]:
-    protocols: st.SearchStrategy[Protocol] = st.sampled_from(("TCP", "UDP"))
-    return st.one_of(
-        st.builds(PolicyPort, protocols, st.sampled_from((8080, 9090, 80))),
-        st.builds(PolicyPort, protocols),  # every port of the protocol
-        st.builds(PolicyPort, protocols, st.just(8000), st.sampled_from((8080, 9000, 9090))),
-    )
-
-
-def _rules(peers: st.SearchStrategy[PolicyPeer]) -> st.SearchStrategy[PolicyRule]:
-    return st.builds(
-        PolicyRule,
-        st.lists(peers, max_size=2).map(tuple),
-        st.lists(_policy_ports(), max_size=2, unique=True).map(tuple),
-    )
+)
+_PROTOCOLS: st.SearchStrategy[Protocol] = st.sampled_from(("TCP", "UDP"))
+_POLICY_PORTS = st.one_of(
+    st.builds(PolicyPort, _PROTOCOLS, st.sampled_from((8080, 9090, 80))),
+    st.builds(PolicyPort, _PROTOCOLS),  # every port of the protocol
+    st.builds(PolicyPort, _PROTOCOLS, st.just(8000), st.sampled_from((8080, 9000, 9090))),
+)
+_PEERS: st.SearchStrategy[PolicyPeer | _BlockRef] = st.one_of(
+    st.builds(PolicyPeer, pod_selector=_SELECTORS),
+    st.builds(PolicyPeer, namespace_selector=_NAMESPACE_SELECTORS),
+    st.builds(PolicyPeer, pod_selector=_SELECTORS, namespace_selector=_NAMESPACE_SELECTORS),
+    st.tuples(st.sampled_from(_BLOCK_KINDS), st.integers(0, 15)),
+)
+_RULES = st.builds(
+    _RuleSpec,
+    st.lists(_PEERS, max_size=2).map(tuple),
+    st.lists(_POLICY_PORTS, max_size=2, unique=True).map(tuple),
+)
+_POLICY_TYPES: tuple[tuple[Literal["Ingress", "Egress"], ...], ...] = (
+    ("Ingress",),
+    ("Egress",),
+    ("Ingress", "Egress"),
+)
 
 
 @st.composite
-def _scenarios(
-    draw: st.DrawFn,
+def _policy_specs(draw: st.DrawFn) -> _PolicySpec:
+    types = draw(st.sampled_from(_POLICY_TYPES))
+    return _PolicySpec(
+        namespace=draw(st.sampled_from(NAMESPACES)),
+        pod_selector=draw(_SELECTORS),
+        policy_types=types,
+        # No rules for an isolated direction is "deny all" for it.
+        ingress=tuple(draw(st.lists(_RULES, max_size=2))) if "Ingress" in types else (),
+        egress=tuple(draw(st.lists(_RULES, max_size=2))) if "Egress" in types else (),
+    )
+
+
+def _resolve_block(ref: _BlockRef, nodes: Sequence[Node], pods: Sequence[Pod], services: Sequence[Service]) -> IPBlock:
+    kind, index = ref
+    cluster = Scenario.cluster_cidr
+    node = nodes[index % len(nodes)]
+    if kind == "world-except-cluster":
+        return IPBlock(IPv4Network("0.0.0.0/0"), (cluster,))
+    if kind == "nodes":
+        return IPBlock(Scenario.node_cidr)
+    if kind == "services":
+        return IPBlock(Scenario.service_cidr)
+    if kind == "pod-cidr":
+        return IPBlock(node.pod_cidr)
+    if kind == "cluster-except-pod-cidr":
+        return IPBlock(cluster, (node.pod_cidr,))
+    if kind == "node":
+        return IPBlock(IPv4Network(node.ip))
+    if kind == "pod" and pods:
+        return IPBlock(IPv4Network(pods[index % len(pods)].ip))
+    if kind == "cluster-ip" and services:
+        return IPBlock(IPv4Network(services[index % len(services)].cluster_ip))
+    return IPBlock(cluster)
+
+
+def _rule(spec: _RuleSpec, nodes: Sequence[Node], pods: Sequence[Pod], services: Sequence[Service]) -> PolicyRule:
+    peers = tuple(
+        p if isinstance(p, PolicyPeer) else PolicyPeer(ip_block=_resolve_block(p, nodes, pods, services))
+        for p in spec.peers
+    )
+    return PolicyRule(peers, spec.ports)
+
+
+def _assemble(
+    node_specs: Sequence[_NodeSpec],
+    service_specs: Sequence[_ServiceSpec],
+    policy_specs: Sequence[_PolicySpec],
+    label_default: bool,
+    no_masquerade_hairpin: bool,
     *,
-    min_nodes: int,
-    max_nodes: int,
-    max_pods_per_node: int,
-    max_services: int,
-    max_policies: int,
-    knobs: bool,
-    node_ports: bool,
     hairpin: bool,
 ) -> Scenario:
-    # Counts come first and shrink toward their minimums; everything after
-    # them is drawn per object, so deleting an object shrinks cleanly.
-    n_nodes = draw(st.integers(min_nodes, max_nodes))
     nodes: list[Node] = []
-    for i in range(1, n_nodes + 1):
-        nodes.append(
-            Node(
-                name=f"node-{i}",
-                ip=IPv4Address("172.18.0.1") + i,
-                pod_cidr=IPv4Network(f"10.244.{i}.0/24"),
-                # Knobs are drawn as "deviates from the default", which shrinks to False.
-                hairpin_mode=not draw(st.booleans()) if knobs else True,
-                bridge_nf_call_iptables=not draw(st.booleans()) if knobs else True,
-            )
+    pods: list[Pod] = []
+    for i, ns in enumerate(node_specs, start=1):
+        node = Node(
+            name=f"node-{i}",
+            ip=Scenario.node_cidr.network_address + 1 + i,
+            pod_cidr=IPv4Network(f"10.244.{i}.0/24"),
+            hairpin_mode=not ns.no_hairpin,
+            bridge_nf_call_iptables=not ns.no_bridge_nf,
         )
-
-    # A hairpin scenario always has pod-1 (default, app=a) on node-1 and
-    # svc-1 (default, selecting app=a): a pod behind a Service it can call.
-    base_ports: list[tuple[ContainerPort, ...]] = []
-    raw_pods: list[Pod] = []
-    for i, node in enumerate(nodes):
-        min_here = 1 if hairpin and i == 0 else 0
-        for j in range(draw(st.integers(min_here, max_pods_per_node))):
-            forced = hairpin and not raw_pods
-            raw_pods.append(
+        nodes.append(node)
+        for j, ps in enumerate(ns.pods):
+            pods.append(
                 Pod(
-                    namespace="default" if forced else draw(st.sampled_from(NAMESPACES)),
-                    name=f"pod-{len(raw_pods) + 1}",
+                    namespace=ps.namespace,
+                    name=f"pod-{len(pods) + 1}",
                     node=node.name,
                     ip=node.pod_cidr.network_address + 10 + j,
-                    labels=draw(_pod_labels()) if not forced else labels({"app": "a"}),
-                    accept_local=draw(st.booleans()) if knobs else False,
+                    labels=ps.labels,
+                    ports=ps.ports,
+                    accept_local=ps.accept_local,
                 )
             )
-            own_ports = draw(
-                st.lists(st.sampled_from(POD_PORTS), min_size=1, max_size=3, unique=True)
-            )
-            base_ports.append(tuple(own_ports))
+    if hairpin:
+        # pod-1 (on node-1) behind svc-1: both in default, matched by app=a.
+        pods[0] = replace(pods[0], namespace="default", labels=labels({"app": "a"}))
+        service_specs = [
+            replace(service_specs[0], namespace="default", selector=labels({"app": "a"})),
+            *service_specs[1:],
+        ]
 
     services: list[Service] = []
     used_node_ports: set[int] = set()
-    for k in range(draw(st.integers(1 if hairpin else 0, max_services))):
-        forced = hairpin and k == 0
-        namespace = "default" if forced else draw(st.sampled_from(NAMESPACES))
-        if forced:
-            selector = labels({"app": "a"})
-        else:
-            selector = draw(_selectors()).match_labels
-        pairs = draw(st.lists(st.sampled_from(SERVICE_PORTS), min_size=1, max_size=2, unique=True))
-        is_node_port = node_ports and draw(st.booleans())
-        sports: list[ServicePort] = []
-        for port, protocol in pairs:
+    for k, ss in enumerate(service_specs):
+        ports: list[ServicePort] = []
+        for sp in ss.ports:
             node_port: int | None = None
-            if is_node_port:
-                node_port = draw(
-                    st.integers(30000, 32767).filter(lambda p: p not in used_node_ports)
-                )
+            if ss.node_port:
+                node_port = sp.node_port
+                while node_port in used_node_ports:
+                    node_port = 30000 + (node_port - 30000 + 1) % 2768
                 used_node_ports.add(node_port)
-            sports.append(
+            ports.append(
                 ServicePort(
-                    port=port,
-                    target_port=draw(st.sampled_from(TARGET_PORTS)),
-                    protocol=protocol,
-                    name=f"{protocol.lower()}-{port}",
+                    port=sp.port,
+                    target_port=sp.target_port,
+                    protocol=sp.protocol,
+                    name=f"{sp.protocol.lower()}-{sp.port}",
                     node_port=node_port,
                 )
             )
         services.append(
             Service(
-                namespace=namespace,
+                namespace=ss.namespace,
                 name=f"svc-{k + 1}",
                 cluster_ip=IPv4Address("10.96.0.10") + k,
-                ports=tuple(sports),
-                selector=selector,
-                type="NodePort" if is_node_port else "ClusterIP",
-                external_traffic_policy=(
-                    draw(st.sampled_from(("Cluster", "Local"))) if is_node_port else "Cluster"
-                ),
+                ports=tuple(ports),
+                selector=ss.selector,
+                type="NodePort" if ss.node_port else "ClusterIP",
+                external_traffic_policy="Local" if ss.node_port and ss.local else "Cluster",
             )
         )
 
     # The invariant specs rely on: an endpoint listens on every targetPort of
     # its Services. Ports follow from membership, so they shrink with it.
-    probe_scenario = Scenario(nodes=tuple(nodes), pods=tuple(raw_pods), services=tuple(services))
-    pods: list[Pod] = []
-    for pod, own in zip(raw_pods, base_ports, strict=True):
-        wanted = set(own)
+    membership = Scenario(nodes=tuple(nodes), pods=tuple(pods), services=tuple(services))
+    for i, pod in enumerate(pods):
+        wanted = set(pod.ports)
         for svc in services:
-            if pod in probe_scenario.endpoints(svc):
+            if pod in membership.endpoints(svc):
                 wanted.update(ContainerPort(sp.target_port, sp.protocol) for sp in svc.ports)
-        ports = tuple(sorted(wanted, key=lambda c: (c.port, c.protocol)))
-        pods.append(
-            Pod(pod.namespace, pod.name, pod.node, pod.ip, pod.labels, ports, pod.accept_local)
-        )
+        pods[i] = replace(pod, ports=tuple(sorted(wanted, key=lambda c: (c.port, c.protocol))))
 
-    policies: list[NetworkPolicy] = []
-    peers = st.one_of(
-        st.builds(PolicyPeer, pod_selector=_selectors()),
-        st.builds(PolicyPeer, namespace_selector=_namespace_selectors()),
-        st.builds(
-            PolicyPeer,
-            pod_selector=_selectors(),
-            namespace_selector=_namespace_selectors(),
-        ),
-        st.builds(PolicyPeer, ip_block=_ip_blocks(nodes, pods, services)),
-    )
-    for k in range(draw(st.integers(0, max_policies))):
-        types: tuple[Literal["Ingress", "Egress"], ...] = draw(
-            st.sampled_from((("Ingress",), ("Egress",), ("Ingress", "Egress")))
+    policies = [
+        NetworkPolicy(
+            namespace=ps.namespace,
+            name=f"policy-{k + 1}",
+            pod_selector=ps.pod_selector,
+            policy_types=ps.policy_types,
+            ingress=tuple(_rule(r, nodes, pods, services) for r in ps.ingress),
+            egress=tuple(_rule(r, nodes, pods, services) for r in ps.egress),
         )
-        policies.append(
-            NetworkPolicy(
-                namespace=draw(st.sampled_from(NAMESPACES)),
-                name=f"policy-{k + 1}",
-                pod_selector=draw(_selectors()),
-                policy_types=types,
-                # No rules for a direction is "deny all" for it.
-                ingress=tuple(draw(st.lists(_rules(peers), max_size=2)))
-                if "Ingress" in types
-                else (),
-                egress=tuple(draw(st.lists(_rules(peers), max_size=2)))
-                if "Egress" in types
-                else (),
-            )
-        )
+        for k, ps in enumerate(policy_specs)
+    ]
 
-    # Declare "other" only when used; sometimes label "default" too.
-    used = (
-        {p.namespace for p in pods}
-        | {s.namespace for s in services}
-        | {p.namespace for p in policies}
-    )
+    # "other" is declared when used; "default" sometimes gets a label too.
+    used = {p.namespace for p in pods} | {s.namespace for s in services}
+    used |= {p.namespace for p in policies}
     namespaces: list[Namespace] = []
-    if draw(st.booleans()):
+    if label_default:
         namespaces.append(Namespace("default", labels({"team": "red"})))
     if "other" in used:
         namespaces.append(Namespace("other", NAMESPACE_LABELS["other"]))
@@ -366,12 +402,13 @@ def _scenarios(
         services=tuple(services),
         policies=tuple(policies),
         namespaces=tuple(namespaces),
-        masquerade_hairpin=not draw(st.booleans()) if knobs else True,
+        masquerade_hairpin=not no_masquerade_hairpin,
         name="generated",
     )
 
 
-def _check_scenario_args(
+def _scenario_strategy(
+    *,
     min_nodes: int,
     max_nodes: int,
     max_pods_per_node: int,
@@ -379,16 +416,72 @@ def _check_scenario_args(
     max_policies: int,
     knobs: bool,
     node_ports: bool,
-) -> None:
+    hairpin: bool,
+) -> st.SearchStrategy[Scenario]:
     _check_int("min_nodes", min_nodes, 1, MAX_NODES)
     _check_int("max_nodes", max_nodes, 1, MAX_NODES)
     if max_nodes < min_nodes:
         raise InvalidArgument(f"max_nodes={max_nodes} must be at least min_nodes={min_nodes}")
     _check_int("max_pods_per_node", max_pods_per_node, 0, MAX_PODS_PER_NODE)
-    _check_int("max_services", max_services, 0, 1000)
-    _check_int("max_policies", max_policies, 0, 1000)
+    _check_int("max_services", max_services, 0, MAX_SERVICES)
+    _check_int("max_policies", max_policies, 0, MAX_POLICIES)
     _check_bool("knobs", knobs)
     _check_bool("node_ports", node_ports)
+    if hairpin and max_pods_per_node < 1:
+        raise InvalidArgument("hairpin_scenarios needs max_pods_per_node >= 1")
+    if hairpin and max_services < 1:
+        raise InvalidArgument("hairpin_scenarios needs max_services >= 1")
+
+    knob = st.booleans() if knobs else st.just(False)
+    pod_specs = st.builds(
+        _PodSpec,
+        namespace=st.sampled_from(NAMESPACES),
+        labels=_POD_LABELS,
+        ports=st.lists(st.sampled_from(POD_PORTS), min_size=1, max_size=3, unique=True).map(tuple),
+        accept_local=knob,
+    )
+
+    def node_specs(min_pods: int) -> st.SearchStrategy[_NodeSpec]:
+        pods = st.lists(pod_specs, min_size=min_pods, max_size=max_pods_per_node).map(tuple)
+        return st.builds(_NodeSpec, knob, knob, pods)
+
+    if hairpin:
+        # node-1 always has a pod, to put behind svc-1.
+        nodes = st.builds(
+            lambda first, rest: [first, *rest],
+            node_specs(1),
+            st.lists(node_specs(0), min_size=min_nodes - 1, max_size=max_nodes - 1),
+        )
+    else:
+        nodes = st.lists(node_specs(0), min_size=min_nodes, max_size=max_nodes)
+
+    service_port_specs = st.builds(
+        lambda pair, target, node_port: _ServicePortSpec(pair[0], pair[1], target, node_port),
+        st.sampled_from(SERVICE_PORTS),
+        st.sampled_from(TARGET_PORTS),
+        st.integers(30000, 32767),
+    )
+    service_specs = st.builds(
+        _ServiceSpec,
+        namespace=st.sampled_from(NAMESPACES),
+        selector=_MATCH_LABELS,
+        ports=st.lists(
+            service_port_specs,
+            min_size=1,
+            max_size=2,
+            unique_by=lambda p: (p.port, p.protocol),
+        ).map(tuple),
+        node_port=st.booleans() if node_ports else st.just(False),
+        local=st.booleans(),
+    )
+    return st.builds(
+        partial(_assemble, hairpin=hairpin),
+        nodes,
+        st.lists(service_specs, min_size=1 if hairpin else 0, max_size=max_services),
+        st.lists(_policy_specs(), max_size=max_policies),
+        st.booleans(),
+        knob,
+    )
 
 
 def scenarios(
@@ -408,10 +501,7 @@ def scenarios(
     Kubernetes needs. With `node_ports=False` every Service is ClusterIP.
     Every pod a Service selects listens on each of its targetPort/protocols.
     """
-    _check_scenario_args(
-        min_nodes, max_nodes, max_pods_per_node, max_services, max_policies, knobs, node_ports
-    )
-    return _scenarios(
+    return _scenario_strategy(
         min_nodes=min_nodes,
         max_nodes=max_nodes,
         max_pods_per_node=max_pods_per_node,
@@ -433,15 +523,9 @@ def hairpin_scenarios(
     knobs: bool = False,
     node_ports: bool = True,
 ) -> st.SearchStrategy[Scenario]:
-    """Like `scenarios`, but always with a pod behind a Service (pod-1, svc-1)."""
-    _check_scenario_args(
-        min_nodes, max_nodes, max_pods_per_node, max_services, max_policies, knobs, node_ports
-    )
-    if max_pods_per_node < 1:
-        raise InvalidArgument("hairpin_scenarios needs max_pods_per_node >= 1")
-    if max_services < 1:
-        raise InvalidArgument("hairpin_scenarios needs max_services >= 1")
-    return _scenarios(
+    """Like `scenarios`, but pod-1 (default, app=a, on node-1) is always an
+    endpoint of svc-1, so `hairpin_probes` always has something to send."""
+    return _scenario_strategy(
         min_nodes=min_nodes,
         max_nodes=max_nodes,
         max_pods_per_node=max_pods_per_node,
@@ -460,9 +544,7 @@ def _probe_protocol(protocol: Protocol) -> bool:
     return protocol in ("TCP", "UDP")
 
 
-def probes(
-    scenario: Scenario, *, kinds: Sequence[ProbeKind] = PROBE_KINDS
-) -> st.SearchStrategy[Probe]:
+def probes(scenario: Scenario, *, kinds: Sequence[ProbeKind] = PROBE_KINDS) -> st.SearchStrategy[Probe]:
     """New connections within `scenario`, of the given kinds.
 
     - "pod": from a pod or node to a pod IP, at a port it listens on or not;
@@ -533,11 +615,7 @@ def probes(
                     if pair not in exposed:
                         wrong.append((svc.cluster_ip, pair[0], pair[1]))
             if wrong:
-                options.append(
-                    st.builds(
-                        lambda src, t: Probe(src, t[0], t[1], t[2]), sources, st.sampled_from(wrong)
-                    )
-                )
+                options.append(st.builds(lambda src, t: Probe(src, t[0], t[1], t[2]), sources, st.sampled_from(wrong)))
     if not options:
         return st.nothing()
     return st.one_of(options)

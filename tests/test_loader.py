@@ -103,9 +103,7 @@ def test_policies_example() -> None:
     assert s.node("node-2").hairpin_mode is False
     assert s.node("node-2").bridge_nf_call_iptables is False
     assert s.pod("default/db").accept_local is True
-    assert s.namespace_labels("other") == labels(
-        {"team": "blue", "kubernetes.io/metadata.name": "other"}
-    )
+    assert s.namespace_labels("other") == labels({"team": "blue", "kubernetes.io/metadata.name": "other"})
     svc = s.services[0]
     assert (svc.type, svc.external_traffic_policy, svc.ports[0].node_port) == (
         "NodePort",
@@ -165,7 +163,7 @@ def test_dump_refuses_what_yaml_cannot_say() -> None:
     unsorted = s.pods[0].__class__(**{**s.pods[0].__dict__, "labels": (("z", "1"), ("a", "2"))})
     with pytest.raises(ScenarioError, match=r"round trip: pods\[0\]"):
         dump_scenario(Scenario(nodes=s.nodes, pods=(unsorted,)))
-    with pytest.raises(ScenarioError, match="cannot be written as YAML.*spec.nodeName"):
+    with pytest.raises(ScenarioError, match=r"cannot be written as YAML.*spec\.nodeName"):
         bad = s.pods[0].__class__(**{**s.pods[0].__dict__, "node": "node-9"})
         dump_scenario(Scenario(nodes=s.nodes, pods=(bad,)))
 
@@ -218,8 +216,7 @@ CASES: list[tuple[str, str, str]] = [
     (
         "wrong apiVersion",
         docs(NODE, policy("  podSelector: {}").replace("networking.k8s.io/v1", "v1")),
-        "x.yaml: document 2: apiVersion: NetworkPolicy needs apiVersion networking.k8s.io/v1, "
-        "got 'v1'",
+        "x.yaml: document 2: apiVersion: NetworkPolicy needs apiVersion networking.k8s.io/v1, got 'v1'",
     ),
     (
         "missing kind",
@@ -229,8 +226,7 @@ CASES: list[tuple[str, str, str]] = [
     (
         "document is not a mapping",
         docs(NODE, "- a\n- b\n"),
-        "x.yaml: document 2: expected a Kubernetes object (a mapping with apiVersion and kind), "
-        "got a list",
+        "x.yaml: document 2: expected a Kubernetes object (a mapping with apiVersion and kind), got a list",
     ),
     (
         "missing name",
@@ -245,8 +241,7 @@ CASES: list[tuple[str, str, str]] = [
     (
         "pod IP outside podCIDR",
         docs(NODE, pod(ip="10.244.2.10")),
-        "x.yaml: Pod default/pod-a: status.podIP: 10.244.2.10 is not inside the podCIDR "
-        "10.244.1.0/24 of Node node-1",
+        "x.yaml: Pod default/pod-a: status.podIP: 10.244.2.10 is not inside the podCIDR 10.244.1.0/24 of Node node-1",
     ),
     (
         "pod IP is the bridge",
@@ -266,8 +261,7 @@ CASES: list[tuple[str, str, str]] = [
     (
         "duplicate pod IP",
         docs(NODE, pod(), pod("pod-b")),
-        "x.yaml: Pod default/pod-b: status.podIP: 10.244.1.10 is already used by "
-        "Pod default/pod-a",
+        "x.yaml: Pod default/pod-b: status.podIP: 10.244.1.10 is already used by Pod default/pod-a",
     ),
     (
         "duplicate pod name",
@@ -282,20 +276,17 @@ CASES: list[tuple[str, str, str]] = [
     (
         "undeclared namespace",
         docs(NODE, pod(extra_meta="\n  namespace: othr")),
-        "x.yaml: Pod othr/pod-a: metadata.namespace: namespace 'othr' is not defined "
-        "(namespaces: default)",
+        "x.yaml: Pod othr/pod-a: metadata.namespace: namespace 'othr' is not defined (namespaces: default)",
     ),
     (
         "host bits in a CIDR",
         NODE.replace("10.244.1.0/24", "10.244.1.5/24"),
-        "x.yaml: Node node-1: spec.podCIDR: 10.244.1.5/24 has host bits set "
-        "(did you mean 10.244.1.0/24?)",
+        "x.yaml: Node node-1: spec.podCIDR: 10.244.1.5/24 has host bits set (did you mean 10.244.1.0/24?)",
     ),
     (
         "CIDR without prefix",
         NODE.replace("10.244.1.0/24", "10.244.1.0"),
-        "x.yaml: Node node-1: spec.podCIDR: expected an IPv4 CIDR like 10.0.0.0/24, "
-        "got '10.244.1.0'",
+        "x.yaml: Node node-1: spec.podCIDR: expected an IPv4 CIDR like 10.0.0.0/24, got '10.244.1.0'",
     ),
     (
         "podCIDR outside clusterCIDR",
@@ -305,14 +296,12 @@ CASES: list[tuple[str, str, str]] = [
     (
         "node IP outside nodeCIDR",
         NODE.replace("172.18.0.2", "172.19.0.2"),
-        "x.yaml: Node node-1: status.addresses[0].address: 172.19.0.2 is not a host address in "
-        "nodeCIDR 172.18.0.0/24",
+        "x.yaml: Node node-1: status.addresses[0].address: 172.19.0.2 is not a host address in nodeCIDR 172.18.0.0/24",
     ),
     (
         "two nodes share an IP",
         docs(NODE, NODE.replace("node-1", "node-2").replace("10.244.1.", "10.244.2.")),
-        "x.yaml: Node node-2: status.addresses[0].address: 172.18.0.2 is already used by "
-        "Node node-1",
+        "x.yaml: Node node-2: status.addresses[0].address: 172.18.0.2 is already used by Node node-1",
     ),
     (
         "no nodes",
@@ -322,20 +311,17 @@ CASES: list[tuple[str, str, str]] = [
     (
         "ClusterIP outside serviceCIDR",
         docs(NODE, service("[{port: 80}]").replace("10.96.0.100", "10.200.0.1")),
-        "x.yaml: Service default/svc-b: spec.clusterIP: 10.200.0.1 is not inside serviceCIDR "
-        "10.96.0.0/12",
+        "x.yaml: Service default/svc-b: spec.clusterIP: 10.200.0.1 is not inside serviceCIDR 10.96.0.0/12",
     ),
     (
         "duplicate ClusterIP",
         docs(NODE, service("[{port: 80}]"), service("[{port: 80}]", name="svc-c")),
-        "x.yaml: Service default/svc-c: spec.clusterIP: 10.96.0.100 is already used by "
-        "Service default/svc-b",
+        "x.yaml: Service default/svc-c: spec.clusterIP: 10.96.0.100 is already used by Service default/svc-b",
     ),
     (
         "nodePort out of range",
         docs(NODE, service("[{port: 80, nodePort: 29999}]", spec="\n  type: NodePort")),
-        "x.yaml: Service default/svc-b: spec.ports[0].nodePort: expected an integer 30000-32767, "
-        "got 29999",
+        "x.yaml: Service default/svc-b: spec.ports[0].nodePort: expected an integer 30000-32767, got 29999",
     ),
     (
         "nodePort on a ClusterIP Service",
@@ -352,11 +338,11 @@ CASES: list[tuple[str, str, str]] = [
         docs(
             NODE,
             service("[{port: 80, nodePort: 30000}]", spec="\n  type: NodePort"),
-            service("[{port: 80, nodePort: 30000}]", spec="\n  type: NodePort", name="svc-c")
-            .replace("10.96.0.100", "10.96.0.101"),
+            service("[{port: 80, nodePort: 30000}]", spec="\n  type: NodePort", name="svc-c").replace(
+                "10.96.0.100", "10.96.0.101"
+            ),
         ),
-        "x.yaml: Service default/svc-c: spec.ports[0].nodePort: 30000 is already used by "
-        "Service default/svc-b",
+        "x.yaml: Service default/svc-c: spec.ports[0].nodePort: 30000 is already used by Service default/svc-b",
     ),
     (
         "duplicate service port",
@@ -366,8 +352,7 @@ CASES: list[tuple[str, str, str]] = [
     (
         "bad protocol",
         docs(NODE, service("[{port: 80, protocol: tcp}]")),
-        "x.yaml: Service default/svc-b: spec.ports[0].protocol: expected one of TCP, UDP, SCTP, "
-        "got 'tcp'",
+        "x.yaml: Service default/svc-b: spec.ports[0].protocol: expected one of TCP, UDP, SCTP, got 'tcp'",
     ),
     (
         "externalTrafficPolicy on ClusterIP",
@@ -377,8 +362,7 @@ CASES: list[tuple[str, str, str]] = [
     (
         "label value not a string",
         docs(NODE, pod().replace("{app: a}", "{version: 1.0}")),
-        "x.yaml: Pod default/pod-a: metadata.labels.version: expected a label value (a string), "
-        "got 1.0 (quote it)",
+        "x.yaml: Pod default/pod-a: metadata.labels.version: expected a label value (a string), got 1.0 (quote it)",
     ),
     (
         "knob annotation not quoted",
@@ -430,8 +414,7 @@ CASES: list[tuple[str, str, str]] = [
     (
         "endPort below port",
         docs(NODE, policy("  ingress: [{ports: [{port: 9000, endPort: 8000}]}]")),
-        "x.yaml: NetworkPolicy default/pol: spec.ingress[0].ports[0].endPort: expected an integer "
-        "9000-65535, got 8000",
+        "x.yaml: NetworkPolicy default/pol: spec.ingress[0].ports[0].endPort: expected an integer 9000-65535, got 8000",
     ),
     (
         "endPort without port",
@@ -461,7 +444,9 @@ CASES: list[tuple[str, str, str]] = [
     ),
     (
         "two Knobs",
-        docs(NODE, "apiVersion: netconformance.io/v1\nkind: Knobs\n", "apiVersion: netconformance.io/v1\nkind: Knobs\n"),
+        docs(
+            NODE, "apiVersion: netconformance.io/v1\nkind: Knobs\n", "apiVersion: netconformance.io/v1\nkind: Knobs\n"
+        ),
         "x.yaml: document 3 (Knobs): only one Knobs object is allowed per scenario",
     ),
     (
@@ -476,14 +461,15 @@ CASES: list[tuple[str, str, str]] = [
     ),
     (
         "error inside a List names the item",
-        yaml.safe_dump(
-            {"apiVersion": "v1", "kind": "List", "items": [yaml.safe_load(NODE), {"kind": "Pod"}]}
-        ),
+        yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [yaml.safe_load(NODE), {"kind": "Pod"}]}),
         "x.yaml: document 1 items[1]: apiVersion: required: expected an apiVersion such as v1",
     ),
     (
         "namespace name label mismatch",
-        docs(NODE, "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: other\n  labels: {kubernetes.io/metadata.name: x}\n"),
+        docs(
+            NODE,
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: other\n  labels: {kubernetes.io/metadata.name: x}\n",
+        ),
         "x.yaml: Namespace other: metadata.labels.kubernetes.io/metadata.name: must equal the "
         "namespace name 'other', got 'x'",
     ),
@@ -532,9 +518,7 @@ _LEAVES = st.one_of(
 )
 _VALUES = st.recursive(
     _LEAVES,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=2), st.dictionaries(st.text(max_size=8), inner, max_size=2)
-    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=2), st.dictionaries(st.text(max_size=8), inner, max_size=2)),
     max_leaves=4,
 )
 

@@ -74,15 +74,11 @@ def with_policies(*policies: NetworkPolicy) -> Scenario:
     return replace(BASE, policies=policies)
 
 
-def ingress(
-    name: str, selector: LabelSelector, *rules: PolicyRule, ns: str = "default"
-) -> NetworkPolicy:
+def ingress(name: str, selector: LabelSelector, *rules: PolicyRule, ns: str = "default") -> NetworkPolicy:
     return NetworkPolicy(ns, name, selector, ("Ingress",), ingress=rules)
 
 
-def egress(
-    name: str, selector: LabelSelector, *rules: PolicyRule, ns: str = "default"
-) -> NetworkPolicy:
+def egress(name: str, selector: LabelSelector, *rules: PolicyRule, ns: str = "default") -> NetworkPolicy:
     return NetworkPolicy(ns, name, selector, ("Egress",), egress=rules)
 
 
@@ -91,7 +87,8 @@ def allowed(s: Scenario, src: Pod | IPv4Address, dst: Pod, port: int = 8080, pro
 
 
 def test_no_policies_allow_everything() -> None:
-    for src in (*BASE.pods, EXTERNAL, NODE_2):
+    sources: list[Pod | IPv4Address] = [*BASE.pods, EXTERNAL, NODE_2]
+    for src in sources:
         for dst in BASE.pods:
             assert allowed(BASE, src, dst, 1234, "UDP")
 
@@ -244,9 +241,7 @@ def test_policy_types_not_rules_decide_isolation() -> None:
     assert allowed(s, A1, B1)  # b1 is not isolated for ingress
     assert not allowed(s, B1, A1)  # and denies all egress
     # Ingress rules in an egress-only policy are ignored.
-    ignored = NetworkPolicy(
-        "default", "i", sel(app="b"), ("Egress",), ingress=(PolicyRule(),), egress=(PolicyRule(),)
-    )
+    ignored = NetworkPolicy("default", "i", sel(app="b"), ("Egress",), ingress=(PolicyRule(),), egress=(PolicyRule(),))
     assert isolating_policies(with_policies(ignored), B1, "Ingress") == ()
 
 
@@ -299,9 +294,7 @@ def test_nodeport_and_backends() -> None:
 
     cluster = _nodeport_scenario("Cluster")
     csvc = cluster.services[0]
-    assert expected_backends(
-        cluster, csvc, csvc.ports[0], client_node="node-2", via_nodeport=True
-    ) == (B1, B2)
+    assert expected_backends(cluster, csvc, csvc.ports[0], client_node="node-2", via_nodeport=True) == (B1, B2)
 
 
 def test_expected_backends_rejects_a_foreign_port() -> None:
@@ -317,10 +310,9 @@ def test_only_the_two_endpoints_namespaces_matter(s: Scenario, data: st.DataObje
         return
     src = data.draw(st.sampled_from(s.pods))
     dst = data.draw(st.sampled_from(s.pods))
-    port, proto = data.draw(st.sampled_from([(8080, "TCP"), (8080, "UDP"), (9090, "TCP")]))
+    choices: list[tuple[int, Protocol]] = [(8080, "TCP"), (8080, "UDP"), (9090, "TCP")]
+    port, proto = data.draw(st.sampled_from(choices))
     kept = tuple(p for p in s.policies if p.namespace in (src.namespace, dst.namespace))
-    assert policy_allows(s, src, dst, port, proto) == policy_allows(
-        replace(s, policies=kept), src, dst, port, proto
-    )
+    assert policy_allows(s, src, dst, port, proto) == policy_allows(replace(s, policies=kept), src, dst, port, proto)
     # Without policies, everything is allowed.
     assert policy_allows(replace(s, policies=()), src, dst, port, proto)

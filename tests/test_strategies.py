@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 import pytest
-from hypothesis import find, given, settings
+from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
@@ -27,6 +27,15 @@ from conformance.strategies import (
 
 def minimal(strategy: st.SearchStrategy[Scenario], condition: Callable[[Scenario], bool]) -> Scenario:
     return find(strategy, condition, settings=settings(max_examples=2000, database=None))
+
+
+def generates(strategy: st.SearchStrategy[Scenario], condition: Callable[[Scenario], bool]) -> None:
+    """Some scenario meets `condition` (found without shrinking, which is slow)."""
+    find(
+        strategy,
+        condition,
+        settings=settings(max_examples=1000, database=None, phases=[Phase.generate]),
+    )
 
 
 # -- shrinking -------------------------------------------------------------------------
@@ -132,7 +141,7 @@ def test_without_knobs_everything_has_the_defaults(s: Scenario) -> None:
     ids=["masquerade_hairpin", "hairpin_mode", "bridge_nf_call_iptables", "accept_local"],
 )
 def test_knobs_vary(feature: Callable[[Scenario], bool]) -> None:
-    minimal(scenarios(knobs=True), feature)
+    generates(scenarios(knobs=True), feature)
 
 
 def _covers_cluster_ip(s: Scenario) -> bool:
@@ -159,9 +168,7 @@ def _covers_cluster_ip(s: Scenario) -> bool:
             for rule in pol.ingress
             for peer in rule.peers
         ),
-        lambda s: any(
-            pp.end_port is not None for pol in s.policies for r in pol.ingress for pp in r.ports
-        ),
+        lambda s: any(pp.end_port is not None for pol in s.policies for r in pol.ingress for pp in r.ports),
         _covers_cluster_ip,
     ],
     ids=[
@@ -176,7 +183,7 @@ def _covers_cluster_ip(s: Scenario) -> bool:
     ],
 )
 def test_features_are_generated(feature: Callable[[Scenario], bool]) -> None:
-    minimal(scenarios(max_policies=3), feature)
+    generates(scenarios(max_policies=3), feature)
 
 
 def test_classic_scenario() -> None:
