@@ -17,7 +17,8 @@ from typing import Literal
 
 from conformance.model import Protocol
 
-Role = Literal["node", "pod", "underlay", "client"]
+# "sink": a test namespace that accepts every packet (used by `trace`).
+Role = Literal["node", "pod", "underlay", "client", "sink"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,11 @@ class NetnsConfig:
     links: tuple[Link, ...] = ()
     addresses: tuple[tuple[str, IPv4Interface], ...] = ()  # (dev, address/prefix)
     routes: tuple[Route, ...] = ()
-    # Applied in order; keys as in `sysctl` (net.ipv4.conf.eth0.accept_local).
+    # Keys as in `sysctl` (net.ipv4.conf.eth0.accept_local). Namespace-wide
+    # keys (anything not naming a device) are applied in order BEFORE the
+    # namespace's links exist, so `default` values reach every device; keys
+    # naming a device are applied in order after the links exist. Backends
+    # follow this order; the simulator models exactly it.
     sysctls: tuple[tuple[str, str], ...] = ()
     iptables: str = ""  # iptables-save text, applied with iptables-restore
     listeners: tuple[Listener, ...] = ()

@@ -222,9 +222,7 @@ class Scenario:
         if not service.selector:
             return ()
         sel = LabelSelector(service.selector)
-        return tuple(
-            p for p in self.pods if p.namespace == service.namespace and sel.matches(p.labels)
-        )
+        return tuple(p for p in self.pods if p.namespace == service.namespace and sel.matches(p.labels))
 
     def pod_by_ip(self, ip: IPv4Address) -> Pod | None:
         for p in self.pods:

@@ -66,6 +66,7 @@ BROKEN_NAMES = (
     "cni-masquerade-first",
     "no-endpoints-drop",
     "etp-local-masquerade",
+    "accept-local-ignored",
 )
 
 
@@ -114,8 +115,7 @@ def without_iptables(dp: Dataplane) -> tuple[NetnsConfig, ...]:
 def pods_b(n: int, *, node: str = "node-1") -> tuple[Pod, ...]:
     """n endpoints of svc-b (app=b), 10.244.1.11 upwards."""
     return tuple(
-        Pod("default", f"pod-b{i}", node, A(f"10.244.1.{11 + i}"), labels({"app": "b"}), BOTH)
-        for i in range(n)
+        Pod("default", f"pod-b{i}", node, A(f"10.244.1.{11 + i}"), labels({"app": "b"}), BOTH) for i in range(n)
     )
 
 
@@ -189,7 +189,7 @@ def test_underlay_is_a_dead_end_gateway() -> None:
     )
     assert u.addresses == (("br0", IPv4Interface("172.18.0.1/24")),)
     assert u.routes == ()
-    assert u.sysctl("net.ipv4.ip_forward") == "1"
+    assert u.sysctl("net.ipv4.ip_forward") == "0"  # a dead end: silent, never a flaky ICMP
     assert u.iptables == ""
 
 
@@ -203,8 +203,7 @@ def test_external_client() -> None:
 def test_node_namespace() -> None:
     node = render(CLASSIC).netns("node-node-1")
     veth_a, veth_b = (
-        "veth" + hashlib.sha256(ref.encode()).hexdigest()[:8]
-        for ref in ("default/pod-a", "default/pod-b")
+        "veth" + hashlib.sha256(ref.encode()).hexdigest()[:8] for ref in ("default/pod-a", "default/pod-b")
     )
     assert node.links == (
         Link("cni0", "bridge"),
@@ -285,9 +284,7 @@ def test_jumps_at_the_top_of_builtin_chains() -> None:
     portals = '-m comment --comment "kubernetes service portals" -j KUBE-SERVICES'
     assert t["nat"]["PREROUTING"] == [portals]
     assert t["nat"]["OUTPUT"] == [portals]
-    assert t["nat"]["POSTROUTING"] == [
-        '-m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING'
-    ]
+    assert t["nat"]["POSTROUTING"] == ['-m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING']
     new = "-m conntrack --ctstate NEW"
     external = f'-m comment --comment "kubernetes externally-visible service portals" {new}'
     assert t["filter"]["INPUT"] == [f"{external} -j KUBE-EXTERNAL-SERVICES"]
@@ -305,19 +302,14 @@ def test_jumps_at_the_top_of_builtin_chains() -> None:
 
 def test_masquerade_and_forward_chains() -> None:
     t = tables(iptables(CLASSIC))
-    assert t["nat"]["KUBE-MARK-MASQ"] == [
-        '-m comment --comment "mark for kubernetes SNAT" -j MARK --or-mark 0x4000'
-    ]
+    assert t["nat"]["KUBE-MARK-MASQ"] == ['-m comment --comment "mark for kubernetes SNAT" -j MARK --or-mark 0x4000']
     assert t["nat"]["KUBE-POSTROUTING"] == [
-        '-m comment --comment "not marked for kubernetes SNAT" '
-        "-m mark ! --mark 0x4000/0x4000 -j RETURN",
+        '-m comment --comment "not marked for kubernetes SNAT" -m mark ! --mark 0x4000/0x4000 -j RETURN',
         '-m comment --comment "clear the kubernetes SNAT mark" -j MARK --xor-mark 0x4000',
-        '-m comment --comment "kubernetes service traffic requiring SNAT" '
-        "-j MASQUERADE --random-fully",
+        '-m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE --random-fully',
     ]
     assert t["filter"]["KUBE-FORWARD"] == [
-        '-m comment --comment "kubernetes forwarding invalid packets" '
-        "-m conntrack --ctstate INVALID -j DROP",
+        '-m comment --comment "kubernetes forwarding invalid packets" -m conntrack --ctstate INVALID -j DROP',
         '-m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT',
         '-m comment --comment "kubernetes forwarding conntrack rule" '
         "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
@@ -327,10 +319,8 @@ def test_masquerade_and_forward_chains() -> None:
 def test_cluster_ip_chains() -> None:
     nat = tables(iptables(CLASSIC))["nat"]
     assert nat["KUBE-SERVICES"] == [
-        '-d 10.96.0.100/32 -p tcp -m comment --comment "default/svc-b:tcp cluster IP" '
-        f"-m tcp --dport 80 -j {TCP_SVC}",
-        '-d 10.96.0.100/32 -p udp -m comment --comment "default/svc-b:udp cluster IP" '
-        f"-m udp --dport 80 -j {UDP_SVC}",
+        f'-d 10.96.0.100/32 -p tcp -m comment --comment "default/svc-b:tcp cluster IP" -m tcp --dport 80 -j {TCP_SVC}',
+        f'-d 10.96.0.100/32 -p udp -m comment --comment "default/svc-b:udp cluster IP" -m udp --dport 80 -j {UDP_SVC}',
         '-m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule '
         'in this chain" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS',
     ]
@@ -341,8 +331,7 @@ def test_cluster_ip_chains() -> None:
     ]
     assert nat[TCP_SEP_B] == [
         '-s 10.244.1.11/32 -m comment --comment "default/svc-b:tcp" -j KUBE-MARK-MASQ',
-        '-p tcp -m comment --comment "default/svc-b:tcp" -m tcp '
-        "-j DNAT --to-destination 10.244.1.11:8080",
+        '-p tcp -m comment --comment "default/svc-b:tcp" -m tcp -j DNAT --to-destination 10.244.1.11:8080',
     ]
     assert nat["KUBE-NODEPORTS"] == []
 
@@ -350,8 +339,7 @@ def test_cluster_ip_chains() -> None:
 def test_hairpin_masquerade_follows_the_scenario() -> None:
     nat = tables(iptables(replace(CLASSIC, masquerade_hairpin=False)))["nat"]
     assert nat[TCP_SEP_B] == [
-        '-p tcp -m comment --comment "default/svc-b:tcp" -m tcp '
-        "-j DNAT --to-destination 10.244.1.11:8080",
+        '-p tcp -m comment --comment "default/svc-b:tcp" -m tcp -j DNAT --to-destination 10.244.1.11:8080',
     ]
 
 
@@ -397,10 +385,8 @@ def test_node_port_cluster_policy() -> None:
             f'-p tcp -m comment --comment "default/svc-b:tcp" -m tcp --dport 30080 -j {ext}'
         ]
         assert nat[ext] == [
-            '-m comment --comment "masquerade traffic for default/svc-b:tcp external '
-            'destinations" -j KUBE-MARK-MASQ',
-            '-m comment --comment "route traffic for default/svc-b:tcp external destinations" '
-            f"-j {TCP_SVC}",
+            '-m comment --comment "masquerade traffic for default/svc-b:tcp external destinations" -j KUBE-MARK-MASQ',
+            f'-m comment --comment "route traffic for default/svc-b:tcp external destinations" -j {TCP_SVC}',
         ]
 
 
@@ -409,8 +395,7 @@ def test_node_port_local_policy() -> None:
     ext = TCP_SVC.replace("KUBE-SVC-", "KUBE-EXT-")
     svl = TCP_SVC.replace("KUBE-SVC-", "KUBE-SVL-")
     shared = [
-        '-s 10.244.0.0/16 -m comment --comment "pod traffic for default/svc-b:tcp external '
-        f'destinations" -j {TCP_SVC}',
+        f'-s 10.244.0.0/16 -m comment --comment "pod traffic for default/svc-b:tcp external destinations" -j {TCP_SVC}',
         '-m comment --comment "masquerade LOCAL traffic for default/svc-b:tcp external '
         'destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ',
         '-m comment --comment "route LOCAL traffic for default/svc-b:tcp external '
@@ -420,12 +405,9 @@ def test_node_port_local_policy() -> None:
     t1 = tables(iptables(scenario, node="node-1"))
     assert t1["nat"][ext] == [
         *shared,
-        '-m comment --comment "local endpoints for default/svc-b:tcp external destinations" '
-        f"-j {svl}",
+        f'-m comment --comment "local endpoints for default/svc-b:tcp external destinations" -j {svl}',
     ]
-    assert t1["nat"][svl] == [
-        f'-m comment --comment "default/svc-b:tcp -> 10.244.1.11:8080" -j {TCP_SEP_B}'
-    ]
+    assert t1["nat"][svl] == [f'-m comment --comment "default/svc-b:tcp -> 10.244.1.11:8080" -j {TCP_SEP_B}']
     assert t1["filter"]["KUBE-EXTERNAL-SERVICES"] == []
     # node-2 has no local endpoint: external clients are dropped.
     t2 = tables(iptables(scenario, node="node-2"))
@@ -468,11 +450,27 @@ EG_A = "NETPOL-EG-" + kube_hash("default/pod-a")
 EG_B = "NETPOL-EG-" + kube_hash("default/pod-b")
 
 
+def exceptions(pod: Pod, direction: str) -> list[str]:
+    """The rules every per-pod chain opens with: a pod may always reach itself,
+    and (ingress) its own node may always reach it."""
+    if direction == "egress":
+        return [f'-d {pod.ip}/32 -m comment --comment "{pod.ref} may always reach itself" -j RETURN']
+    return [
+        f'-s {pod.ip}/32 -m comment --comment "{pod.ref} may always reach itself" -j RETURN',
+        f'-m comment --comment "the node of {pod.ref} may always reach it" -m addrtype --src-type LOCAL -j RETURN',
+    ]
+
+
+def without_exceptions(rules: list[str], pod: Pod, direction: str) -> list[str]:
+    head = exceptions(pod, direction)
+    assert rules[: len(head)] == head
+    return rules[len(head) :]
+
+
 def test_no_policy_isolates_nobody() -> None:
     f = tables(iptables(CLASSIC))["filter"]
     assert f["NETPOL-FORWARD"] == [
-        '-m comment --comment "replies of allowed connections" '
-        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        '-m comment --comment "replies of allowed connections" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT'
     ]
     assert not any(c.startswith(("NETPOL-IN-", "NETPOL-EG-")) for c in f)
 
@@ -480,16 +478,21 @@ def test_no_policy_isolates_nobody() -> None:
 def test_default_deny_plus_allow() -> None:
     f = tables(iptables(replace(CLASSIC, policies=(DENY_ALL, ALLOW_A_TO_B))))["filter"]
     assert f["NETPOL-FORWARD"] == [
-        '-m comment --comment "replies of allowed connections" '
-        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        '-m comment --comment "replies of allowed connections" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
         f'-s 10.244.1.10/32 -m comment --comment "default/pod-a is isolated for egress" -j {EG_A}',
         f'-s 10.244.1.11/32 -m comment --comment "default/pod-b is isolated for egress" -j {EG_B}',
         f'-d 10.244.1.10/32 -m comment --comment "default/pod-a is isolated for ingress" -j {IN_A}',
         f'-d 10.244.1.11/32 -m comment --comment "default/pod-b is isolated for ingress" -j {IN_B}',
     ]
-    assert f[IN_A] == ['-m comment --comment "default/pod-a: default deny ingress" -j DROP']
-    assert f[EG_A] == ['-m comment --comment "default/pod-a: default deny egress" -j DROP']
-    assert f[IN_B] == [
+    assert f[IN_A] == [
+        *exceptions(POD_A, "ingress"),
+        '-m comment --comment "default/pod-a: default deny ingress" -j DROP',
+    ]
+    assert f[EG_A] == [
+        *exceptions(POD_A, "egress"),
+        '-m comment --comment "default/pod-a: default deny egress" -j DROP',
+    ]
+    assert without_exceptions(f[IN_B], POD_B, "ingress") == [
         '-s 10.244.1.10/32 -p tcp -m comment --comment "default/allow-a-to-b ingress rule 0: '
         'pod default/pod-a, tcp 8080" -m tcp --dport 8080 -j RETURN',
         '-m comment --comment "default/pod-b: default deny ingress" -j DROP',
@@ -502,7 +505,7 @@ def test_policies_only_chain_local_pods() -> None:
     f1 = tables(iptables(scenario, node="node-1"))["filter"]
     f2 = tables(iptables(scenario, node="node-2"))["filter"]
     assert IN_B not in f1 and len(f1["NETPOL-FORWARD"]) == 1
-    assert f2[IN_B][0].startswith("-s 10.244.1.10/32 -p tcp")
+    assert without_exceptions(f2[IN_B], pod_b2, "ingress")[0].startswith("-s 10.244.1.10/32 -p tcp")
 
 
 def test_policy_peers_ports_and_egress() -> None:
@@ -535,7 +538,7 @@ def test_policy_peers_ports_and_egress() -> None:
         namespaces=(Namespace("other", labels({"team": "blue"})),),
     )
     f = tables(iptables(scenario))["filter"]
-    assert f[EG_B] == [
+    assert without_exceptions(f[EG_B], POD_B, "egress") == [
         '-d 10.244.1.20/32 -p udp -m comment --comment "default/mixed egress rule 0: '
         'pod other/pod-o, udp 8000:8100" -m udp --dport 8000:8100 -j RETURN',
         '-d 10.244.1.20/32 -p tcp -m comment --comment "default/mixed egress rule 0: '
@@ -565,12 +568,10 @@ def test_ip_block_except_is_exact() -> None:
         ingress=(PolicyRule(peers=(PolicyPeer(ip_block=IPBlock(cidr, excepts)),)),),
     )
     f = tables(iptables(replace(CLASSIC, policies=(policy,))))["filter"]
-    sources = [r.split()[1] for r in f[IN_B][:-1]]
+    rules = without_exceptions(f[IN_B], POD_B, "ingress")[:-1]
+    sources = [r.split()[1] for r in rules]
     assert sources == [str(net) for net in parts]
-    assert all(
-        "ipBlock 172.18.0.0/24 except 172.18.0.250/32,172.18.0.64/26, all ports" in r
-        for r in f[IN_B][:-1]
-    )
+    assert all("ipBlock 172.18.0.0/24 except 172.18.0.250/32,172.18.0.64/26, all ports" in r for r in rules)
 
 
 # -- whole-ruleset properties ------------------------------------------------
@@ -662,8 +663,7 @@ def test_any_scenario_renders(scenario: Scenario) -> None:
 def test_hairpin_mode_off_only_clears_the_bridge_port_flag() -> None:
     ref, broken = render(CLASSIC), render(CLASSIC, "hairpin-mode-off")
     unhairpinned = tuple(
-        replace(ns, links=tuple(replace(link, hairpin=False) for link in ns.links))
-        for ns in ref.namespaces
+        replace(ns, links=tuple(replace(link, hairpin=False) for link in ns.links)) for ns in ref.namespaces
     )
     assert any(link.hairpin for ns in ref.namespaces for link in ns.links)
     assert broken.namespaces == unhairpinned
@@ -690,8 +690,7 @@ def test_no_hairpin_masquerade_drops_only_the_sep_masquerade() -> None:
     removed, added = diff(iptables(CLASSIC), iptables(CLASSIC, "no-hairpin-masquerade"))
     assert added == []
     assert removed == [
-        f'-A {TCP_SEP_B} -s 10.244.1.11/32 -m comment --comment "default/svc-b:tcp" '
-        "-j KUBE-MARK-MASQ",
+        f'-A {TCP_SEP_B} -s 10.244.1.11/32 -m comment --comment "default/svc-b:tcp" -j KUBE-MARK-MASQ',
         f"-A KUBE-SEP-{kube_hash('default/svc-b:udpudp10.244.1.11:8080')} -s 10.244.1.11/32 "
         '-m comment --comment "default/svc-b:udp" -j KUBE-MARK-MASQ',
     ]
@@ -707,10 +706,8 @@ def test_dnat_ip_only_matches_the_cluster_ip_alone() -> None:
         f'cluster IP" -m udp --dport 80 -j {UDP_SVC}',
     ]
     assert added == [
-        '-A KUBE-SERVICES -d 10.96.0.100/32 -m comment --comment "default/svc-b:tcp cluster IP" '
-        f"-j {TCP_SVC}",
-        '-A KUBE-SERVICES -d 10.96.0.100/32 -m comment --comment "default/svc-b:udp cluster IP" '
-        f"-j {UDP_SVC}",
+        f'-A KUBE-SERVICES -d 10.96.0.100/32 -m comment --comment "default/svc-b:tcp cluster IP" -j {TCP_SVC}',
+        f'-A KUBE-SERVICES -d 10.96.0.100/32 -m comment --comment "default/svc-b:udp cluster IP" -j {UDP_SVC}',
     ]
 
 
@@ -723,9 +720,7 @@ def test_policy_before_dnat_moves_policy_to_mangle() -> None:
     netpol = {c: r for c, r in ref["filter"].items() if c.startswith("NETPOL-")}
     hook = ['-m comment --comment "network policy" -j NETPOL-FORWARD']
     assert broken["filter"] == {
-        c: [r for r in rules if r not in hook]
-        for c, rules in ref["filter"].items()
-        if c not in netpol
+        c: [r for r in rules if r not in hook] for c, rules in ref["filter"].items() if c not in netpol
     }
     assert broken["mangle"] == {
         "PREROUTING": hook,
@@ -778,3 +773,15 @@ def test_etp_local_masquerade_treats_local_as_cluster() -> None:
         assert iptables(local, node=node) != iptables(cluster, node=node)
     # ClusterIP-only scenarios are unaffected
     assert iptables(CLASSIC) == iptables(CLASSIC, "etp-local-masquerade")
+
+
+def test_accept_local_ignored_never_sets_the_sysctl() -> None:
+    wants = replace(CLASSIC, pods=tuple(replace(p, accept_local=True) for p in CLASSIC.pods))
+    ref = get_implementation(REFERENCE).render(wants)
+    broken = get_implementation("accept-local-ignored").render(wants)
+    for pod in wants.pods:
+        name = f"pod-{pod.namespace}-{pod.name}"
+        assert ref.netns(name).sysctl("net.ipv4.conf.eth0.accept_local") == "1"
+        assert broken.netns(name).sysctl("net.ipv4.conf.eth0.accept_local") == "0"
+        assert broken.netns(name).sysctl("net.ipv4.conf.all.accept_local") == "0"
+    assert [ns.iptables for ns in ref.namespaces] == [ns.iptables for ns in broken.namespaces]

@@ -104,7 +104,7 @@ COMMIT
 -A KUBE-SVC-WEB -m comment --comment "default/web:http -> 10.244.1.12:8080" -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-BBB
 -A KUBE-SVC-WEB -m comment --comment "default/web:http -> 10.244.2.13:8080" -j KUBE-SEP-CCC
 COMMIT
-"""  # noqa: E501
+"""
 
 CNI_MASQ = r"""
 *nat
@@ -117,7 +117,7 @@ CNI_MASQ = r"""
 -A CNI-4c0bd1e3a1b2c3d4e5f6a7b8 -d 10.244.1.0/24 -m comment --comment "name: \"cbr0\" id: \"4c0bd1e3\"" -j ACCEPT
 -A CNI-4c0bd1e3a1b2c3d4e5f6a7b8 ! -d 224.0.0.0/4 -m comment --comment "name: \"cbr0\" id: \"4c0bd1e3\"" -j MASQUERADE
 COMMIT
-"""  # noqa: E501
+"""
 
 
 def rule_at(text: str, table: str, chain: str, index: int) -> Rule:

@@ -91,7 +91,7 @@ COMMIT
 -A KUBE-SVC-WEB -m comment --comment "default/web:http -> 10.244.1.12:8080" -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-BBB
 -A KUBE-SVC-WEB -m comment --comment "default/web:http -> 10.244.2.13:8080" -j KUBE-SEP-CCC
 COMMIT
-"""  # noqa: E501
+"""
 
 
 def pkt(

@@ -85,7 +85,8 @@ def track(table: ConntrackTable, pkt: Packet) -> None:
         else:
             pkt.ctstate = "ESTABLISHED" if "SEEN_REPLY" in conn.status else "NEW"
         return
-    if pkt.proto == "tcp" and ("RST" in pkt.tcp_flags or {"SYN", "ACK"} <= pkt.tcp_flags):
+    # The TCP state table maps "no connection" + RST, SYN-ACK or FIN to INVALID.
+    if pkt.proto == "tcp" and ({"RST", "FIN"} & pkt.tcp_flags or {"SYN", "ACK"} <= pkt.tcp_flags):
         pkt.ctstate = "INVALID"
         return
     pkt.ct = Conn(original=t, reply=t.reversed())

@@ -442,7 +442,9 @@ class Kernel:
                         return HookResult("DROP")
                 bind(conn, "SRC", ip, nat.port)
             if nat is not None:
-                walk.note(ns, f"{hook} nat: {nat.kind} binding, reply tuple now {conn.reply}")
+                r = conn.reply
+                to = f"{r.src}:{r.sport}" if manip == "DST" else f"{r.dst}"
+                walk.note(ns, f"{hook} nat: {nat.kind} to {to} (replies will look like {r})")
         before = pkt.describe()
         if nat_packet(pkt, manip):
             walk.note(ns, f"{hook} nat: {before} rewritten to {pkt.describe()}")
@@ -475,6 +477,9 @@ class Kernel:
                 return Route("error", error="EINVAL (martian destination)")
             if src in LOOPBACK_NET and not ns.conf_value(dev, "route_localnet"):
                 return Route("error", error="EINVAL (martian source)")
+        if ns.role == "sink":
+            # A test sink answers for every address (like an AnyIP local route).
+            return Route("local", ns.devices["lo"], dst)
         if ns.is_local(dst) or ns.is_broadcast(dst):
             err = self.validate_source(ns, src, dev, oif=None)
             if err:
@@ -553,9 +558,7 @@ class Kernel:
             return self._arp_at(dev.peer, ip, requester, seen)
         return None
 
-    def _arp_out_port(
-        self, port: Device, ip: IPv4Address, requester: str, seen: set[int]
-    ) -> tuple[str, Device] | None:
+    def _arp_out_port(self, port: Device, ip: IPv4Address, requester: str, seen: set[int]) -> tuple[str, Device] | None:
         if port.peer is None:
             return None
         mac = self._arp_at(port.peer, ip, requester, seen)
@@ -829,4 +832,3 @@ def _uses_conntrack(ruleset: Ruleset) -> bool:
                 if any(w in ("conntrack", "state", "connmark", "CONNMARK") for w in words):
                     return True
     return False
-

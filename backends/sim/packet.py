@@ -70,6 +70,4 @@ class Packet:
                 core += f" [{self.inner.describe()}]"
             return core
         flags = ",".join(sorted(self.tcp_flags)) if self.proto == "tcp" else ""
-        return f"{self.proto} {self.src}:{self.sport} -> {self.dst}:{self.dport}" + (
-            f" [{flags}]" if flags else ""
-        )
+        return f"{self.proto} {self.src}:{self.sport} -> {self.dst}:{self.dport}" + (f" [{flags}]" if flags else "")

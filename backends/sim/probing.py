@@ -118,7 +118,9 @@ def _lost(landing: Lost | SendError, walk: Walk, what: str) -> Outcome:
     return _fail("dropped", f"{what} lost: {landing.reason}", walk)
 
 
-def _client_error(pkt: Packet, at: NetNS, client_ns: NetNS, probe: Probe, client_ip: IPv4Address, walk: Walk) -> Outcome:
+def _client_error(
+    pkt: Packet, at: NetNS, client_ns: NetNS, probe: Probe, client_ip: IPv4Address, walk: Walk
+) -> Outcome:
     """An ICMP error reached a namespace: does it abort our client socket?"""
     inner = pkt.inner
     matches = (
@@ -148,6 +150,9 @@ def _tcp(kernel: Kernel, probe: Probe, walk: Walk, ns: NetNS, client_ip: IPv4Add
     at, p = landing.netns, landing.pkt
     if p.proto == "icmp":
         return _client_error(p, at, ns, probe, client_ip, walk)
+    if p.proto == "tcp" and "RST" in p.tcp_flags and _is_ours(landing, ns, client_ip, probe):
+        # A reset answering our SYN (e.g. REJECT --reject-with tcp-reset on the way).
+        return _fail("refused", f"ECONNREFUSED (RST from {p.src})", walk)
     if p.proto != "tcp" or "SYN" not in p.tcp_flags:
         return _fail("dropped", f"SYN arrived as {p.describe()} in {at.name}", walk)
     identity = at.listeners.get(("tcp", p.dport))

@@ -31,9 +31,7 @@ class Implementation(Protocol):
     def render(self, scenario: Scenario) -> Dataplane: ...
 
 
-IMPLEMENTATIONS: dict[str, Implementation] = {
-    impl.name: impl for impl in (REFERENCE_IMPLEMENTATION, *BROKEN)
-}
+IMPLEMENTATIONS: dict[str, Implementation] = {impl.name: impl for impl in (REFERENCE_IMPLEMENTATION, *BROKEN)}
 
 
 def get_implementation(name: str) -> Implementation:

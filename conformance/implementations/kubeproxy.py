@@ -201,9 +201,7 @@ def _cluster_ip(
         )
 
 
-def _balance(
-    nat: Table, c: PortChains, port: ServicePort, chain: str, endpoints: Sequence[Pod]
-) -> None:
+def _balance(nat: Table, c: PortChains, port: ServicePort, chain: str, endpoints: Sequence[Pod]) -> None:
     """Pick one endpoint uniformly: rule i matches with probability 1/(n-i)."""
     n = len(endpoints)
     for i, pod in enumerate(endpoints):
@@ -226,9 +224,7 @@ def _node_port(
 ) -> None:
     c = PortChains.of(service, port)
     dport = f"-m {c.proto} --dport {port.node_port}"
-    local_policy = (
-        service.external_traffic_policy == "Local" and options.honour_local_traffic_policy
-    )
+    local_policy = service.external_traffic_policy == "Local" and options.honour_local_traffic_policy
     local = [p for p in endpoints if p.node == node.name]
     external_endpoints = local if local_policy else list(endpoints)
 
@@ -237,9 +233,7 @@ def _node_port(
         nat.append(NODEPORTS, Rule(c.name, ext, proto=c.proto, matches=(dport,)))
         if not local_policy:
             # Endpoints may be on other nodes: masquerade so replies return here.
-            nat.append(
-                ext, Rule(f"masquerade traffic for {c.name} external destinations", MARK_MASQ)
-            )
+            nat.append(ext, Rule(f"masquerade traffic for {c.name} external destinations", MARK_MASQ))
             nat.append(ext, Rule(f"route traffic for {c.name} external destinations", c.svc))
         else:
             # Pods and the node itself are not "external": they use every

@@ -58,9 +58,7 @@ def isolating(scenario: Scenario, pod: Pod, direction: Direction) -> tuple[Netwo
             (
                 p
                 for p in scenario.policies
-                if p.namespace == pod.namespace
-                and direction in p.policy_types
-                and p.pod_selector.matches(pod.labels)
+                if p.namespace == pod.namespace and direction in p.policy_types and p.pod_selector.matches(pod.labels)
             ),
             key=lambda p: (p.namespace, p.name),
         )
@@ -79,9 +77,7 @@ def peer_pods(scenario: Scenario, policy: NetworkPolicy, peer: PolicyPeer) -> li
             return namespace == policy.namespace
         return ns_selector.matches(scenario.namespace_labels(namespace))
 
-    pods = (
-        p for p in scenario.pods if namespace_ok(p.namespace) and pod_selector.matches(p.labels)
-    )
+    pods = (p for p in scenario.pods if namespace_ok(p.namespace) and pod_selector.matches(p.labels))
     return sorted(pods, key=lambda p: p.ip)
 
 
@@ -169,7 +165,11 @@ def render(ruleset: Ruleset, scenario: Scenario, node: Node, options: Options) -
                 # toward its pods is a local address: cni0's, usually).
                 table.append(
                     chain,
-                    Rule(f"the node of {pod.ref} may always reach it", "RETURN", matches=("-m addrtype --src-type LOCAL",)),
+                    Rule(
+                        f"the node of {pod.ref} may always reach it",
+                        "RETURN",
+                        matches=("-m addrtype --src-type LOCAL",),
+                    ),
                 )
             for policy in policies:
                 rules = policy.ingress if direction == "Ingress" else policy.egress

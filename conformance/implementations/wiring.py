@@ -92,9 +92,7 @@ def node(scenario: Scenario, node: Node, options: Options, iptables: str) -> Net
     hairpin = node.hairpin_mode and options.hairpin_mode
     links = [Link("cni0", "bridge")]
     for pod in scenario.pods_on(node.name):
-        links.append(
-            Link(host_veth(pod), "veth", pod_netns(pod), "eth0", master="cni0", hairpin=hairpin)
-        )
+        links.append(Link(host_veth(pod), "veth", pod_netns(pod), "eth0", master="cni0", hairpin=hairpin))
     addresses = (
         ("eth0", IPv4Interface(f"{node.ip}/{scenario.node_cidr.prefixlen}")),
         ("cni0", IPv4Interface(f"{cni0_ip(node)}/{node.pod_cidr.prefixlen}")),

@@ -55,9 +55,7 @@ def cases() -> st.SearchStrategy[Case]:
         s = draw(strategies.hairpin_scenarios(max_policies=0, node_ports=False))
         pairs = [(p, v) for v in s.services for p in s.endpoints(v)]
         pod, svc = draw(st.sampled_from(pairs))
-        s = _isolate(
-            s, pod.ref, svc.ref, accept_local=draw(st.booleans()), masquerade=draw(st.booleans())
-        )
+        s = _isolate(s, pod.ref, svc.ref, accept_local=draw(st.booleans()), masquerade=draw(st.booleans()))
         probes = [
             Probe(f"pod:{pod.ref}", svc.cluster_ip, sp.port, sp.protocol)
             for sp in svc.ports
@@ -83,13 +81,24 @@ def check(case: Case, observations: Sequence[Observation], exact: bool) -> list[
                     out.append(violation(probe, want, o, p=p))
             elif not me.accept_local:
                 if o.verdict == "delivered":
-                    out.append(violation(probe, f"dropped: source {me.ip} is {me.ref}'s own address, accept_local=0", o, p=p))
+                    out.append(
+                        violation(probe, f"dropped: source {me.ip} is {me.ref}'s own address, accept_local=0", o, p=p)
+                    )
             elif probe.protocol == "TCP":
                 if o.verdict == "delivered":
-                    out.append(violation(probe, "not delivered: with accept_local=1 the SYN-ACK stays inside the pod and the handshake fails", o, p=p))
+                    out.append(
+                        violation(
+                            probe,
+                            "not delivered: with accept_local=1 the SYN-ACK stays inside the pod and the handshake fails",
+                            o,
+                            p=p,
+                        )
+                    )
             else:
                 if not (o.verdict == "delivered" and o.server_saw == me.ip and o.client_saw == me.ip):
-                    want = f"delivered with server and client both seeing {me.ip} (the answer bypasses the node's un-DNAT)"
+                    want = (
+                        f"delivered with server and client both seeing {me.ip} (the answer bypasses the node's un-DNAT)"
+                    )
                     out.append(violation(probe, want, o, p=p))
     return out
 

@@ -45,9 +45,7 @@ def cases_of(
     def with_probes(s: Scenario) -> st.SearchStrategy[Case]:
         if probes(s).is_empty:
             return st.nothing()  # this scenario offers no such probe: rejected
-        return st.lists(probes(s), min_size=1, max_size=max_probes, unique=True).map(
-            lambda ps: Case(s, tuple(ps))
-        )
+        return st.lists(probes(s), min_size=1, max_size=max_probes, unique=True).map(lambda ps: Case(s, tuple(ps)))
 
     return scenarios.flatmap(with_probes)
 

@@ -92,7 +92,9 @@ def check(case: Case, observations: Sequence[Observation], exact: bool) -> list[
             if s.service_by_ip(probe.dst) is not None:
                 for o, p in each_outcome(obs):
                     if o.verdict == "delivered":
-                        out.append(violation(probe, "not served (the Service does not expose this port/protocol)", o, p=p))
+                        out.append(
+                            violation(probe, "not served (the Service does not expose this port/protocol)", o, p=p)
+                        )
             continue
         svc, what, pods, target_port, keeps_source = target
         refs = {pod.ref for pod in pods}
@@ -118,7 +120,9 @@ def check(case: Case, observations: Sequence[Observation], exact: bool) -> list[
             if not ok:
                 out.append(violation(probe, want, o, p=p))
         if exact and pods and served_set(obs) != refs and not _known_asymmetry(s, probe):
-            out.append(f"{probe}: expected every endpoint {sorted(refs)} to be a possible server; got {sorted(served_set(obs))}")
+            out.append(
+                f"{probe}: expected every endpoint {sorted(refs)} to be a possible server; got {sorted(served_set(obs))}"
+            )
     return out
 
 

@@ -70,14 +70,16 @@ def check(case: Case, observations: Sequence[Observation], exact: bool) -> list[
         client = source_pod(s, probe)
         if dst is None or client is None:
             continue
-        allowed = semantics.policy_allows(s, client, dst, probe.port, probe.protocol)
+        permitted = semantics.policy_allows(s, client, dst, probe.port, probe.protocol)
         delivered = all(o.verdict == "delivered" for o, _ in each_outcome(obs))
         direct[(probe.source, dst.ref, probe.port, probe.protocol)] = delivered
         for o, p in each_outcome(obs):
-            if allowed and o.verdict != "delivered":
+            if permitted and o.verdict != "delivered":
                 out.append(violation(probe, f"served (policies allow {client.ref} -> {dst.ref}:{probe.port})", o, p=p))
-            if not allowed and o.verdict == "delivered":
-                out.append(violation(probe, f"not served (policies deny {client.ref} -> {dst.ref}:{probe.port})", o, p=p))
+            if not permitted and o.verdict == "delivered":
+                out.append(
+                    violation(probe, f"not served (policies deny {client.ref} -> {dst.ref}:{probe.port})", o, p=p)
+                )
     for obs in observations:
         probe = obs.probe
         client = source_pod(s, probe)
@@ -99,7 +101,9 @@ def check(case: Case, observations: Sequence[Observation], exact: bool) -> list[
         if exact:
             served = {o.served_by for o, _ in each_outcome(obs) if o.verdict == "delivered"}
             if served != allowed:
-                out.append(f"{probe}: expected the possible servers to be exactly the allowed endpoints {sorted(allowed)}; got {sorted(str(x) for x in served)}")
+                out.append(
+                    f"{probe}: expected the possible servers to be exactly the allowed endpoints {sorted(allowed)}; got {sorted(str(x) for x in served)}"
+                )
     return out
 
 
@@ -126,10 +130,11 @@ def _examples() -> tuple[Case, ...]:
         policy_types=("Ingress",),
         ingress=(PolicyRule(peers=(PolicyPeer(pod_selector=a),)),),
     )
-    probes = [Probe("pod:default/pod-a", svc.cluster_ip, 80, "TCP"), Probe("pod:default/pod-a", svc.cluster_ip, 80, "UDP")]
-    return tuple(
-        _with_direct(replace(s, policies=(pol,)), probes) for pol in (egress_to_cluster_ip, deny_b, allow_a)
-    )
+    probes = [
+        Probe("pod:default/pod-a", svc.cluster_ip, 80, "TCP"),
+        Probe("pod:default/pod-a", svc.cluster_ip, 80, "UDP"),
+    ]
+    return tuple(_with_direct(replace(s, policies=(pol,)), probes) for pol in (egress_to_cluster_ip, deny_b, allow_a))
 
 
 SPEC = Spec(

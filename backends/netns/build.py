@@ -1,0 +1,240 @@
+"""Apply `NetnsConfig`s to real namespaces: netlink for links, /proc/sys, iptables-restore.
+
+Every function here runs on the `NetnsWorker` thread and touches a
+namespace only inside `worker.inside(fd)`; nothing is done in the root
+namespace. The order matters (KERNEL-NOTES pitfall 1): a new device copies
+the namespace's `default` sysctls when it is created, so `all`/`default`
+values are written right after the namespace exists, before any link, and
+per-device values once the device exists.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from backends.netns.nsutil import NetnsWorker
+from conformance.dataplane import Link, NetnsConfig
+
+RESTORE = "iptables-legacy-restore"
+IFF_UP = 0x1
+
+# Builtin chains per table, to reset a table a new ruleset no longer names.
+BUILTIN_CHAINS = {
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+    "raw": ("PREROUTING", "OUTPUT"),
+    "security": ("INPUT", "FORWARD", "OUTPUT"),
+}
+
+# Not part of any dataplane: IPv6 is outside the model, and turning it off
+# keeps the namespaces quiet (no DAD, router or MLD traffic) and faster.
+QUIET_SYSCTLS = (
+    ("net.ipv6.conf.all.disable_ipv6", "1"),
+    ("net.ipv6.conf.default.disable_ipv6", "1"),
+)
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+@dataclass
+class Netns:
+    """A logical namespace and the kernel one that realises it."""
+
+    config: NetnsConfig
+    kname: str  # the name under /run/netns
+    fd: int = -1  # open while deployed: setns target (and it keeps the netns alive)
+
+
+def is_device_sysctl(key: str) -> bool:
+    """net.ipv4.conf.eth0.x (a device) versus net.ipv4.conf.all.x or net.ipv4.ip_forward."""
+    parts = key.split(".")
+    return (
+        len(parts) >= 5 and parts[0] == "net" and parts[2] in ("conf", "neigh") and parts[3] not in ("all", "default")
+    )
+
+
+def write_sysctl(ns: Netns, key: str, value: str, *, optional: bool = False) -> None:
+    # /proc/sys/net follows the calling thread's namespace (pitfall 3).
+    path = Path("/proc/sys", *key.split("."))
+    try:
+        path.write_text(value)
+    except FileNotFoundError:
+        if optional:
+            return
+        raise BuildError(f"{ns.config.name}: no sysctl {key}") from None
+    except OSError as e:
+        raise BuildError(f"{ns.config.name}: sysctl {key}={value}: {e.strerror}") from None
+
+
+def create(worker: NetnsWorker, ns: Netns) -> None:
+    """Create the namespace and write its namespace-wide sysctls (before any link)."""
+    ns.fd = worker.create(ns.kname)
+    with worker.inside(ns.fd):
+        for key, value in QUIET_SYSCTLS:
+            write_sysctl(ns, key, value, optional=True)
+        for key, value in ns.config.sysctls:
+            if not is_device_sysctl(key):
+                write_sysctl(ns, key, value)
+
+
+def _indexes(ipr: IPRoute) -> dict[str, int]:
+    # One dump: pyroute2's link_lookup() dumps every link for each lookup.
+    return {str(msg.get("IFLA_IFNAME")): int(msg["index"]) for msg in ipr.get_links()}
+
+
+def _index(indexes: dict[str, int], ns: Netns, dev: str) -> int:
+    if dev not in indexes:
+        raise BuildError(f"{ns.config.name}: no device {dev!r}")
+    return indexes[dev]
+
+
+def create_links(worker: NetnsWorker, ns: Netns, peers: dict[str, Netns]) -> None:
+    """Bridges, then veths born with their peer end already in the peer namespace.
+
+    Passing the peer's namespace fd in the veth request means the peer never
+    exists anywhere else, not even for a moment in the root namespace.
+    """
+    bridges = [link for link in ns.config.links if link.kind == "bridge"]
+    others = [link for link in ns.config.links if link.kind != "bridge"]
+    if not bridges and not others:
+        return
+    with worker.inside(ns.fd), IPRoute() as ipr:
+        for link in bridges:
+            _create_link(ipr, ns, link, peers, {})
+        indexes = _indexes(ipr)
+        for link in others:
+            _create_link(ipr, ns, link, peers, indexes)
+        hairpins = [link for link in ns.config.links if link.master and link.hairpin]
+        if hairpins:
+            indexes = _indexes(ipr)
+            for link in hairpins:
+                ipr.brport("set", index=_index(indexes, ns, link.name), mode=1)  # IFLA_BRPORT_MODE
+
+
+def _create_link(ipr: IPRoute, ns: Netns, link: Link, peers: dict[str, Netns], indexes: dict[str, int]) -> None:
+    extra: dict[str, object] = {}
+    if link.master:
+        extra["master"] = _index(indexes, ns, link.master)
+    if link.kind == "bridge":
+        ipr.link("add", ifname=link.name, kind="bridge", **extra)
+    elif link.kind == "veth":
+        if link.peer_netns is None or link.peer_netns not in peers:
+            raise BuildError(f"{ns.config.name}: veth {link.name} has no peer namespace")
+        peer: dict[str, object] = {"net_ns_fd": peers[link.peer_netns].fd}
+        if link.peer_name:
+            peer["ifname"] = link.peer_name
+        ipr.link("add", ifname=link.name, kind="veth", peer=peer, **extra)
+    else:
+        raise BuildError(f"{ns.config.name}: unsupported link kind {link.kind!r}")
+
+
+def configure(worker: NetnsWorker, ns: Netns) -> None:
+    """Per-device sysctls, addresses, every device up (lo included), routes."""
+    cfg = ns.config
+    with worker.inside(ns.fd):
+        for key, value in cfg.sysctls:
+            if is_device_sysctl(key):
+                write_sysctl(ns, key, value)
+        with IPRoute() as ipr:
+            links = list(ipr.get_links())
+            indexes = {str(msg.get("IFLA_IFNAME")): int(msg["index"]) for msg in links}
+            for dev, iface in cfg.addresses:
+                ipr.addr("add", index=_index(indexes, ns, dev), address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            for msg in links:
+                if not msg["flags"] & IFF_UP:
+                    ipr.link("set", index=msg["index"], state="up")
+            # After the addresses and links: a gateway must be on a connected, up link.
+            for route in cfg.routes:
+                spec: dict[str, object] = {"dst": str(route.dst), "oif": _index(indexes, ns, route.dev)}
+                if route.via is not None:
+                    spec["gateway"] = str(route.via)
+                if route.src is not None:
+                    spec["prefsrc"] = str(route.src)
+                try:
+                    ipr.route("add", **spec)
+                except Exception as e:
+                    raise BuildError(f"{cfg.name}: route {route}: {e}") from e
+
+
+def table_blocks(text: str) -> dict[str, str]:
+    """iptables-save text split per table: name -> its lines from *name to COMMIT."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            current = blocks.setdefault(line[1:].strip(), [])
+        if current is not None:
+            current.append(line)
+        if line.strip() == "COMMIT":
+            current = None
+    return {table: "\n".join(lines) + "\n" for table, lines in blocks.items()}
+
+
+def restore_text(old: str, new: str) -> str:
+    """What to feed iptables-restore to go from ruleset `old` to `new`.
+
+    iptables-restore replaces exactly the tables it names, so only tables
+    whose text changed are sent (each replacement costs a few ms here); a
+    table only the old ruleset had is emptied, its builtin chains back to
+    ACCEPT. Empty when nothing changed.
+    """
+    before, after = table_blocks(old), table_blocks(new)
+    out = "".join(block for table, block in after.items() if before.get(table) != block)
+    for table in before:
+        if table not in after:
+            chains = "".join(f":{chain} ACCEPT [0:0]\n" for chain in BUILTIN_CHAINS.get(table, ()))
+            out += f"*{table}\n{chains}COMMIT\n"
+    return out
+
+
+def restore_rules(worker: NetnsWorker, jobs: Iterable[tuple[Netns, str]], run_dir: Path) -> None:
+    """Run iptables-restore inside each namespace, all at once, and wait for all.
+
+    A child forked by the worker thread inherits the thread's namespace, so
+    each process is started while the worker is inside its namespace. Each
+    namespace gets its own lock file in the run's directory (pitfall 9):
+    legacy tables are per namespace, so nothing needs to serialise them.
+    """
+    started: list[tuple[Netns, subprocess.Popen[bytes], str]] = []
+    try:
+        for ns, text in jobs:
+            if not text:
+                continue
+            env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+            env["XTABLES_LOCKFILE"] = str(run_dir / f"{ns.kname}.xtables.lock")
+            with worker.inside(ns.fd):
+                proc = subprocess.Popen(
+                    [RESTORE, "-w", "5"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    env=env,
+                )
+            started.append((ns, proc, text))
+    except BaseException:
+        for _, proc, _ in started:
+            proc.kill()
+            proc.wait()
+        raise
+    failures: list[str] = []
+    for ns, proc, text in started:
+        _, err = proc.communicate(text.encode(), timeout=30)
+        if proc.returncode != 0:
+            failures.append(f"{ns.config.name}: {RESTORE} exited {proc.returncode}: {err.decode().strip()}")
+    if failures:
+        raise BuildError("; ".join(failures))
+
+
+def flush_route_cache(worker: NetnsWorker, ns: Netns) -> None:
+    """Forget learned route exceptions (redirects, PMTU) as a fresh namespace would."""
+    with worker.inside(ns.fd):
+        write_sysctl(ns, "net.ipv4.route.flush", "1")

@@ -1,0 +1,316 @@
+"""The `netconformance` command line.
+
+Exit codes CI can trust: 0 everything passed, 1 a spec failed (or a broken
+implementation went uncaught), 2 bad input or a backend that cannot run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import NoReturn
+
+from backends import Backend, BackendUnavailable, backend_names, get_backend
+from backends.sim.iptables import RulesetError
+from backends.sim.kernel import SimError
+from conformance.cases import dump_case, load_case
+from conformance.implementations import IMPLEMENTATIONS, REFERENCE, broken_implementations, get_implementation
+from conformance.loader import ScenarioError
+from conformance.progress import Progress
+from conformance.runner import SpecResult, replay, run_spec, summarize
+from conformance.specs import all_specs, get_spec
+from conformance.tracing import Query, TraceError, trace
+
+DEFAULT_REPORT_DIR = Path("reports/runs")
+
+
+class UsageError(Exception):
+    pass
+
+
+def _fail(message: str) -> NoReturn:
+    raise UsageError(message)
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _backends(names: str) -> list[Backend]:
+    out: list[Backend] = []
+    for name in _split(names):
+        try:
+            backend = get_backend(name)
+        except KeyError as e:
+            _fail(str(e.args[0]))
+        try:
+            backend.preflight()
+        except BackendUnavailable as e:
+            _fail(f"backend {name} cannot run here: {e}")
+        out.append(backend)
+    if not out:
+        _fail("--backend: give at least one backend name")
+    return out
+
+
+def _specs(names: Sequence[str] | None) -> list[str]:
+    specs = all_specs()
+    chosen = list(names) if names else list(specs)
+    for name in chosen:
+        if name not in specs:
+            _fail(f"--spec {name}: unknown spec (known: {', '.join(specs)})")
+    return chosen
+
+
+def _implementation(name: str) -> None:
+    if name not in IMPLEMENTATIONS:
+        _fail(f"--implementation {name}: unknown (known: {', '.join(IMPLEMENTATIONS)})")
+
+
+def _run_dir(base: Path) -> Path:
+    path = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _save_failure(run_dir: Path, r: SpecResult) -> Path | None:
+    if r.failure is None:
+        return None
+    stem = f"{r.spec}-{r.implementation}-{r.backend}"
+    case_file = run_dir / "failures" / f"{stem}.yaml"
+    case_file.parent.mkdir(parents=True, exist_ok=True)
+    case_file.write_text(dump_case(r.failure.case), encoding="utf-8")
+    (run_dir / "failures" / f"{stem}.txt").write_text(r.failure.render(), encoding="utf-8")
+    return case_file
+
+
+def _write_summary(run_dir: Path, results: Sequence[SpecResult]) -> None:
+    rows = [
+        {
+            "spec": r.spec,
+            "backend": r.backend,
+            "implementation": r.implementation,
+            "status": r.status,
+            "examples": r.examples,
+            "seconds": round(r.seconds, 3),
+            "seed": r.seed,
+            "violations": r.failure.violations if r.failure else [],
+            "error": r.error,
+        }
+        for r in results
+    ]
+    (run_dir / "results.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+
+
+def _run_matrix(
+    specs: Sequence[str], backends: Sequence[Backend], implementations: Sequence[str], examples: int, seed: int | None
+) -> list[SpecResult]:
+    results: list[SpecResult] = []
+    for backend in backends:
+        for impl_name in implementations:
+            impl = get_implementation(impl_name)
+            for spec_name in specs:
+                progress = Progress(f"{spec_name} / {impl_name} / {backend.name}", examples)
+                r = run_spec(get_spec(spec_name), backend, impl, examples=examples, seed=seed, on_example=progress.step)
+                progress.finish(r.status)
+                results.append(r)
+    return results
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    backends = _backends(args.backend)
+    specs = _specs(args.spec)
+    _implementation(args.implementation)
+    results = _run_matrix(specs, backends, [args.implementation], args.examples, args.seed)
+    run_dir = _run_dir(Path(args.report_dir))
+    _write_summary(run_dir, results)
+    for r in results:
+        if r.failure is not None:
+            case_file = _save_failure(run_dir, r)
+            print("\n" + r.failure.render(traces=True))
+            print(
+                f"\nreproduce: netconformance replay {case_file} --spec {r.spec} "
+                f"--backend {r.backend} --implementation {r.implementation}"
+            )
+        elif r.error is not None:
+            print(f"\n{r.spec} on {r.backend}: could not run: {r.error}")
+    print("\n" + summarize(results))
+    failed = [r for r in results if not r.passed]
+    seeds = sorted({r.seed for r in results})
+    print(
+        f"\n{len(results) - len(failed)} passed, {len(failed)} failed; seed {', '.join(map(str, seeds))}; report {run_dir}"
+    )
+    return 1 if failed else 0
+
+
+def cmd_mutants(args: argparse.Namespace) -> int:
+    backends = _backends(args.backend)
+    specs = _specs(args.spec)
+    names = [REFERENCE, *(i.name for i in broken_implementations())]
+    results = _run_matrix(specs, backends, names, args.examples, args.seed)
+    errors = [r for r in results if r.error]
+    for r in errors:
+        print(f"{r.spec} / {r.implementation} / {r.backend}: could not run: {r.error}")
+    bad = 0
+    for backend in backends:
+        print(f"\nbackend {backend.name}: which spec caught which implementation (x = caught)")
+        width = max(len(n) for n in names)
+        print(" " * width + "  " + "  ".join(specs))
+        for name in names:
+            row = [r for r in results if r.implementation == name and r.backend == backend.name]
+            cells = [
+                "x".center(len(s)) if not r.passed else ".".center(len(s)) for s, r in zip(specs, row, strict=True)
+            ]
+            hit = any(not r.passed for r in row)
+            verdict = ""
+            if name == REFERENCE and hit:
+                verdict, bad = "  <- the reference must pass every spec", bad + 1
+            elif name != REFERENCE and not hit:
+                verdict, bad = "  <- NOT CAUGHT by any spec", bad + 1
+            print(name.ljust(width) + "  " + "  ".join(cells) + verdict)
+        for s in specs:
+            if not any(
+                not r.passed
+                for r in results
+                if r.spec == s and r.backend == backend.name and r.implementation != REFERENCE
+            ):
+                print(f"spec {s} caught no broken implementation: a spec that cannot fail is a bug")
+                bad += 1
+    caught = sum(
+        1
+        for name in names[1:]
+        for b in backends
+        if any(not r.passed for r in results if r.implementation == name and r.backend == b.name)
+    )
+    print(
+        f"\n{caught} of {len(names) - 1} broken implementations caught per backend x {len(backends)}; problems: {bad}"
+    )
+    return 1 if bad or errors else 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    case = load_case(args.case)
+    spec = get_spec(args.spec) if args.spec in all_specs() else _fail(f"--spec {args.spec}: unknown")
+    _implementation(args.implementation)
+    (backend,) = _backends(args.backend)
+    observations, violations = replay(spec, case, backend, get_implementation(args.implementation))
+    for obs in observations:
+        print(obs.describe())
+    if violations:
+        print("\nviolations:")
+        for v in violations:
+            print(f"  - {v}")
+        return 1
+    print(f"\nspec {spec.name} holds for this case on {backend.name} with {args.implementation}")
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    path = Path(args.rules)
+    try:
+        rules = path.read_text(encoding="utf-8")
+    except OSError as e:
+        _fail(f"--rules {path}: cannot read: {e.strerror or e}")
+    try:
+        q = Query(
+            rules=rules,
+            rules_name=str(path),
+            local_ips=tuple(IPv4Address(ip) for ip in args.local_ip),
+            pod_cidr=IPv4Network(args.pod_cidr, strict=False),
+            origin=args.origin,
+            src=IPv4Address(args.src),
+            dst=IPv4Address(args.dst),
+            dport=args.dport,
+            proto=args.proto,
+        )
+    except ValueError as e:
+        _fail(f"bad address: {e}")
+    report = trace(q)
+    print(json.dumps(report.as_json(), indent=2) if args.json else report.render())
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print("specs:")
+    for s in all_specs().values():
+        print(f"  {s.name:<14} {s.summary}")
+    print("implementations:")
+    for name, impl in IMPLEMENTATIONS.items():
+        print(f"  {name:<24} {impl.description}")
+    print("backends:")
+    for name in backend_names():
+        try:
+            get_backend(name).preflight()
+            state = "available"
+        except (BackendUnavailable, KeyError) as e:
+            state = f"unavailable: {e}"
+        print(f"  {name:<8} {state}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="netconformance", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, examples: int) -> None:
+        sp.add_argument("--backend", default="sim", help="comma-separated backends (default: sim)")
+        sp.add_argument("--spec", action="append", help="a spec to run (repeatable; default: all)")
+        sp.add_argument("--examples", type=int, default=examples, help=f"examples per spec (default: {examples})")
+        sp.add_argument("--seed", type=int, default=None, help="Hypothesis seed (default: random, printed)")
+
+    run = sub.add_parser("run", help="run the specs against an implementation on backends")
+    common(run, 100)
+    run.add_argument("--implementation", default=REFERENCE, help="implementation under test (default: reference)")
+    run.add_argument("--report-dir", default=str(DEFAULT_REPORT_DIR), help="where run reports go")
+    run.set_defaults(func=cmd_run)
+
+    mut = sub.add_parser("mutants", help="every broken implementation against every spec")
+    common(mut, 30)
+    mut.set_defaults(func=cmd_mutants)
+
+    rep = sub.add_parser("replay", help="replay a saved case file")
+    rep.add_argument("case", help="a case file written by a failing run")
+    rep.add_argument("--spec", required=True)
+    rep.add_argument("--backend", default="sim")
+    rep.add_argument("--implementation", default=REFERENCE)
+    rep.set_defaults(func=cmd_replay)
+
+    tr = sub.add_parser("trace", help="walk one connection through a node's iptables-save ruleset")
+    tr.add_argument("--rules", required=True, help="iptables-save file")
+    tr.add_argument("--local-ip", action="append", required=True, help="an address of the node (repeatable)")
+    tr.add_argument("--pod-cidr", required=True, help="the node's pod CIDR (pods sit behind bridge cni0)")
+    tr.add_argument("--from", dest="origin", choices=("pod", "node", "external"), required=True)
+    tr.add_argument("--src", required=True)
+    tr.add_argument("--dst", required=True)
+    tr.add_argument("--dport", type=int, required=True)
+    tr.add_argument("--proto", choices=("tcp", "udp", "sctp"), default="tcp")
+    tr.add_argument("--json", action="store_true", help="one machine-readable JSON object")
+    tr.set_defaults(func=cmd_trace)
+
+    ls = sub.add_parser("list", help="specs, implementations and backends")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except (UsageError, ScenarioError, RulesetError, TraceError, SimError) as e:
+        kind = "error" if not isinstance(e, SimError) else "not modelled by the simulator"
+        print(f"netconformance: {kind}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("netconformance: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

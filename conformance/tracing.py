@@ -1,0 +1,261 @@
+"""`netconformance trace`: one new connection through one node's ruleset.
+
+The node is built around any iptables-save file (for example one saved on a
+real kube-proxy node): its addresses are the given local IPs on eth0, pods
+live in the pod CIDR behind bridge cni0 (br_netfilter on), and everything
+else is outside, behind a default gateway. The first packet of the
+connection is walked through the simulator; every random branch is
+followed, so the result lists every possible fate with its probability.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Literal
+
+from backends.sim.iptables import NatTarget, Ruleset, parse_iptables_save
+from backends.sim.kernel import Arrived, Kernel, Lost, SendError, Walk
+from backends.sim.packet import Packet
+from backends.sim.probing import CLIENT_PORT, ScriptedChooser
+from conformance.dataplane import Dataplane, Link, NetnsConfig, Route
+
+From = Literal["pod", "node", "external"]
+NODE, OUTSIDE, SOURCE_POD = "node", "outside", "source-pod"
+MAX_PATHS = 4096
+
+
+class TraceError(ValueError):
+    """Bad trace input; the message says which argument and why."""
+
+
+@dataclass(frozen=True)
+class Query:
+    rules: str
+    rules_name: str
+    local_ips: tuple[IPv4Address, ...]
+    pod_cidr: IPv4Network
+    origin: From
+    src: IPv4Address
+    dst: IPv4Address
+    dport: int
+    proto: Literal["tcp", "udp", "sctp"]
+
+
+@dataclass
+class Result:
+    probability: float
+    verdict: Literal["forwarded", "local", "dropped", "rejected"]
+    summary: str
+    destination: str | None = None  # address:port after DNAT, where it arrived
+    source: str | None = None  # source address after SNAT/MASQUERADE
+    nat: list[str] = field(default_factory=list)  # DNAT / MASQUERADE / SNAT decisions
+    rule: str | None = None  # the rule that dropped or rejected it
+    trace: list[str] = field(default_factory=list)
+
+    def key(self) -> tuple[object, ...]:
+        return (self.verdict, self.summary, self.destination, self.source, tuple(self.nat), self.rule)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "probability": round(self.probability, 10),
+            "verdict": self.verdict,
+            "summary": self.summary,
+            "destination": self.destination,
+            "source": self.source,
+            "nat": self.nat,
+            "rule": self.rule,
+            "trace": self.trace,
+        }
+
+
+@dataclass
+class Report:
+    query: Query
+    warnings: list[str]
+    results: list[Result]
+
+    def as_json(self) -> dict[str, object]:
+        q = self.query
+        return {
+            "query": {
+                "rules": q.rules_name,
+                "local_ips": [str(i) for i in q.local_ips],
+                "pod_cidr": str(q.pod_cidr),
+                "from": q.origin,
+                "src": str(q.src),
+                "dst": str(q.dst),
+                "dport": q.dport,
+                "proto": q.proto,
+            },
+            "warnings": self.warnings,
+            "results": [r.as_json() for r in self.results],
+        }
+
+    def render(self) -> str:
+        q = self.query
+        lines = [f"{q.proto} {q.src}:{CLIENT_PORT} -> {q.dst}:{q.dport} from {q.origin}, rules {q.rules_name}"]
+        lines += [f"warning: {w}" for w in self.warnings]
+        for r in self.results:
+            lines.append("")
+            lines.append(f"p={r.probability:.4f}  {r.verdict.upper()}: {r.summary}")
+            for n in r.nat:
+                lines.append(f"  nat: {n}")
+            if r.rule:
+                lines.append(f"  rule: {r.rule}")
+            lines.append("  trace:")
+            lines += [f"    {t}" for t in r.trace]
+        return "\n".join(lines)
+
+
+def _missing_jumps(ruleset: Ruleset, origin: From) -> list[str]:
+    out: list[str] = []
+    nat = ruleset.tables.get("nat")
+    if nat is None:
+        return out
+    entry = "OUTPUT" if origin == "node" else "PREROUTING"
+    if "KUBE-SERVICES" in nat.chains and not ruleset.jumps_to("nat", entry, "KUBE-SERVICES"):
+        out.append(
+            f"nat {entry} has no jump to KUBE-SERVICES (a partial dump?): Services are not reached by this "
+            "connection; the walk follows the rules as given"
+        )
+    if "KUBE-POSTROUTING" in nat.chains and not ruleset.jumps_to("nat", "POSTROUTING", "KUBE-POSTROUTING"):
+        out.append(
+            "nat POSTROUTING has no jump to KUBE-POSTROUTING (a partial dump?): nothing is masqueraded by "
+            "kube-proxy; the walk follows the rules as given"
+        )
+    return out
+
+
+def _dataplane(q: Query, ruleset: Ruleset) -> Dataplane:
+    first = q.local_ips[0]
+    underlay = IPv4Network(f"{first}/24", strict=False)
+    gateway = next(h for h in underlay.hosts() if h not in q.local_ips and h != q.src)
+    in_pod_cidr = [ip for ip in q.local_ips if ip in q.pod_cidr]
+    bridge_ip = in_pod_cidr[0] if in_pod_cidr else next(iter(q.pod_cidr.hosts()))
+    node_addrs: list[tuple[str, IPv4Interface]] = [("eth0", IPv4Interface(f"{first}/24"))]
+    node_addrs += [("eth0", IPv4Interface(f"{ip}/32")) for ip in q.local_ips[1:] if ip not in in_pod_cidr]
+    node_addrs.append(("cni0", IPv4Interface(f"{bridge_ip}/{q.pod_cidr.prefixlen}")))
+    links = [Link("cni0", "bridge"), Link("eth0", "veth", OUTSIDE, "eth0")]
+    namespaces: list[NetnsConfig] = []
+
+    def pod(name: str, ip: IPv4Address) -> None:
+        veth = f"veth{len(links)}"
+        links.append(Link(veth, "veth", name, "eth0", master="cni0", hairpin=True))
+        namespaces.append(
+            NetnsConfig(
+                name,
+                "pod",
+                addresses=(("eth0", IPv4Interface(f"{ip}/{q.pod_cidr.prefixlen}")),),
+                routes=(Route(IPv4Network("0.0.0.0/0"), "eth0", via=bridge_ip),),
+                sysctls=(("net.ipv4.conf.all.accept_local", "1"),),  # show hairpin arrivals, whatever they are
+            )
+        )
+
+    if q.origin == "pod":
+        pod(SOURCE_POD, q.src)
+    targets = {
+        r.target.ip
+        for r in ruleset.rules()
+        if isinstance(r.target, NatTarget) and r.target.kind == "DNAT" and r.target.ip is not None
+    }
+    for ip in sorted(targets | {q.dst}):
+        if ip in q.pod_cidr and ip != bridge_ip and not (q.origin == "pod" and ip == q.src):
+            pod(f"pod-{ip}", ip)
+    outside_addrs = [("eth0", IPv4Interface(f"{gateway}/24"))]
+    if q.origin == "external" and q.src not in underlay:
+        outside_addrs.append(("eth0", IPv4Interface(f"{q.src}/32")))
+    node = NetnsConfig(
+        NODE,
+        "node",
+        links=tuple(links),
+        addresses=tuple(node_addrs),
+        routes=(Route(IPv4Network("0.0.0.0/0"), "eth0", via=gateway),),
+        sysctls=(
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.send_redirects", "0"),
+            ("net.ipv4.conf.default.send_redirects", "0"),
+            ("net.bridge.bridge-nf-call-iptables", "1"),
+        ),
+        iptables=q.rules,
+    )
+    outside = NetnsConfig(
+        OUTSIDE,
+        "sink",
+        addresses=tuple(outside_addrs),
+        routes=(Route(IPv4Network("0.0.0.0/0"), "eth0", via=first),),
+    )
+    return Dataplane((node, outside, *namespaces))
+
+
+def _check(q: Query) -> None:
+    if not q.local_ips:
+        raise TraceError("--local-ip: give at least one address of the node")
+    if q.origin == "pod" and q.src not in q.pod_cidr:
+        raise TraceError(f"--src {q.src}: a pod source must be inside --pod-cidr {q.pod_cidr}")
+    if q.origin == "node" and q.src not in q.local_ips and q.src not in q.pod_cidr:
+        raise TraceError(f"--src {q.src}: a node source must be one of --local-ip ({', '.join(map(str, q.local_ips))})")
+    if q.origin == "external" and (q.src in q.local_ips or q.src in q.pod_cidr):
+        raise TraceError(f"--src {q.src}: an external source must be outside the node and the pod CIDR")
+    if not 1 <= q.dport <= 65535:
+        raise TraceError(f"--dport {q.dport}: expected 1-65535")
+
+
+def trace(q: Query) -> Report:
+    """Walk the connection's first packet; RulesetError/SimError/TraceError on bad input."""
+    _check(q)
+    ruleset = parse_iptables_save(q.rules, source=q.rules_name)
+    kernel = Kernel(_dataplane(q, ruleset))
+    src_ns = kernel.namespaces[{"pod": SOURCE_POD, "node": NODE, "external": OUTSIDE}[q.origin]]
+    baseline = {n: (ns.conntrack.copy(), copy.deepcopy(ns.nf_state)) for n, ns in kernel.namespaces.items()}
+    found: dict[tuple[object, ...], Result] = {}
+    script: list[bool] | None = []
+    paths = 0
+    while script is not None:
+        for n, ns in kernel.namespaces.items():
+            ns.conntrack = baseline[n][0].copy()
+            ns.nf_state = copy.deepcopy(baseline[n][1])
+        chooser = ScriptedChooser(script)
+        walk = Walk(chooser, [])
+        flags = frozenset({"SYN"}) if q.proto == "tcp" else frozenset()
+        pkt = Packet(q.src, q.dst, q.proto, CLIENT_PORT, q.dport, flags)
+        result = _result(kernel, src_ns.name, q, kernel.send(walk, src_ns, pkt), walk)
+        result.probability = chooser.weight()
+        if result.key() in found:
+            found[result.key()].probability += result.probability
+        else:
+            found[result.key()] = result
+        paths += 1
+        if paths > MAX_PATHS:
+            raise TraceError(f"more than {MAX_PATHS} random paths through the ruleset")
+        script = chooser.next_script()
+    results = sorted(found.values(), key=lambda r: -r.probability)
+    return Report(q, _missing_jumps(ruleset, q.origin), results)
+
+
+def _result(kernel: Kernel, src_ns: str, q: Query, landing: Arrived | Lost | SendError, walk: Walk) -> Result:
+    nat = [
+        line.split("nat: ", 1)[1].split(" (", 1)[0]
+        for line in walk.trace
+        if " nat: " in line and " to " in line and "replies" in line
+    ]
+    rejects = [line for line in walk.trace if "rejected with" in line]
+    if isinstance(landing, Lost | SendError):
+        rule = landing.reason.split(" by ", 1)[1] if " by " in landing.reason else None
+        return Result(0.0, "dropped", landing.reason, nat=nat, rule=rule, trace=walk.trace)
+    at, p = landing.netns, landing.pkt
+    if at.name == src_ns and (p.proto == "icmp" or "RST" in p.tcp_flags) and rejects:
+        how, rule = rejects[-1].split("rejected with ", 1)[1].split(" by ", 1)
+        return Result(0.0, "rejected", f"rejected with {how}", nat=nat, rule=rule, trace=walk.trace)
+    where = f"{p.dst}:{p.dport}"
+    if at.name == NODE or (at.name == src_ns and q.origin == "node"):
+        summary = f"delivered to the node itself at {where}, source {p.src}"
+        verdict: Literal["forwarded", "local"] = "local"
+    elif at.role == "sink":
+        summary = f"leaves the node via eth0 to {where}, source {p.src}"
+        verdict = "forwarded"
+    else:
+        summary = f"leaves the node via cni0 to pod {where}, source {p.src}"
+        verdict = "forwarded"
+    return Result(0.0, verdict, summary, destination=where, source=str(p.src), nat=nat, trace=walk.trace)

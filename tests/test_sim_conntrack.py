@@ -1,0 +1,466 @@
+"""Connection tracking and NAT in the simulator (nf_conntrack, nf_nat).
+
+The table functions (track, bind, nat_packet) are tested on bare packets;
+the rest on a hand-built client -- node -- server Dataplane where the node
+holds the rules.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+import pytest
+
+from backends.sim.conntrack import ConntrackTable, bind, nat_packet, track
+from backends.sim.kernel import Arrived, Kernel, Lost, NetNS, Walk
+from backends.sim.packet import Packet
+from backends.sim.probing import CLIENT_PORT, ScriptedChooser, observe
+from conformance.dataplane import Dataplane, Link, Listener, NetnsConfig, Route
+from conformance.model import Protocol
+from conformance.probes import Observation, Outcome, Probe
+
+A = IPv4Address
+DEFAULT = IPv4Network("0.0.0.0/0")
+CLIENT = A("10.0.0.2")
+NODE_IN = A("10.0.0.1")
+NODE_OUT = A("10.1.0.1")
+SERVER = A("10.1.0.2")
+VIP = A("10.96.0.1")
+
+HEAD = ":PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
+
+
+def nat(*rules: str) -> str:
+    return "*nat\n" + HEAD + "".join(f"{r}\n" for r in rules) + "COMMIT\n"
+
+
+def filter_(*rules: str, forward: str = "ACCEPT") -> str:
+    head = f":INPUT ACCEPT [0:0]\n:FORWARD {forward} [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+    return "*filter\n" + head + "".join(f"{r}\n" for r in rules) + "COMMIT\n"
+
+
+def dnat_to(ip: IPv4Address, port: int) -> str:
+    return nat(
+        f"-A PREROUTING -d {VIP}/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination {ip}:{port}",
+        f"-A PREROUTING -d {VIP}/32 -p udp -m udp --dport 80 -j DNAT --to-destination {ip}:{port}",
+    )
+
+
+def routed(
+    iptables: str,
+    *,
+    node_addresses: tuple[tuple[str, str], ...] = (),
+    node_routes: tuple[Route, ...] = (),
+    server_addresses: tuple[str, ...] = (),
+    server_routes: tuple[Route, ...] = (),
+) -> Dataplane:
+    """client 10.0.0.2 -- eth0 node eth1 -- server 10.1.0.2 (listening on 8080 tcp and udp)."""
+    client = NetnsConfig(
+        name="client",
+        role="client",
+        addresses=(("eth0", IPv4Interface("10.0.0.2/24")),),
+        routes=(Route(DEFAULT, "eth0", via=NODE_IN),),
+    )
+    node = NetnsConfig(
+        name="node",
+        role="node",
+        links=(Link("eth0", "veth", "client", "eth0"), Link("eth1", "veth", "server", "eth0")),
+        addresses=(
+            ("eth0", IPv4Interface("10.0.0.1/24")),
+            ("eth1", IPv4Interface("10.1.0.1/24")),
+            *((dev, IPv4Interface(a)) for dev, a in node_addresses),
+        ),
+        routes=node_routes,
+        sysctls=(("net.ipv4.ip_forward", "1"),),
+        iptables=iptables,
+    )
+    server = NetnsConfig(
+        name="server",
+        role="pod",
+        addresses=(
+            ("eth0", IPv4Interface("10.1.0.2/24")),
+            *(("eth0", IPv4Interface(a)) for a in server_addresses),
+        ),
+        routes=(Route(DEFAULT, "eth0", via=NODE_OUT), *server_routes),
+        listeners=(Listener("TCP", 8080, "server"), Listener("UDP", 8080, "server")),
+    )
+    return Dataplane(
+        (client, node, server),
+        sources=(("client", "client"), ("node", "node"), ("server", "server")),
+    )
+
+
+def only(obs: Observation) -> Outcome:
+    assert len(obs.outcomes) == 1, obs.describe()
+    outcome, p = obs.outcomes[0]
+    assert p == 1.0
+    return outcome
+
+
+def probe(kernel: Kernel, dst: IPv4Address, port: int, proto: Protocol) -> Outcome:
+    return only(observe(kernel, Probe("client", dst, port, proto)))
+
+
+def walk() -> Walk:
+    return Walk(ScriptedChooser([]), [])
+
+
+def tcp(src: str, dst: str, sport: int, dport: int, *flags: str) -> Packet:
+    return Packet(A(src), A(dst), "tcp", sport, dport, frozenset(flags))
+
+
+# ---------------------------------------------------------------- track()
+
+
+@pytest.mark.parametrize(
+    ("flags", "state"),
+    [
+        (("SYN",), "NEW"),
+        (("SYN", "ACK"), "INVALID"),
+        (("RST",), "INVALID"),
+        (("RST", "ACK"), "INVALID"),
+        (("ACK",), "NEW"),  # nf_conntrack_tcp_loose=1 picks up a connection mid-stream
+        (("PSH", "ACK"), "NEW"),
+    ],
+)
+def test_first_tcp_packet_state(flags: tuple[str, ...], state: str) -> None:
+    table = ConntrackTable()
+    pkt = tcp("10.0.0.2", "10.1.0.2", 41000, 8080, *flags)
+    track(table, pkt)
+    assert pkt.ctstate == state
+    assert (pkt.ct is None) is (state == "INVALID")
+    assert table.by_tuple == {}  # nothing is in the table before confirmation
+
+
+def test_fin_without_a_connection_is_invalid() -> None:
+    pkt = tcp("10.0.0.2", "10.1.0.2", 41000, 8080, "FIN", "ACK")
+    track(ConntrackTable(), pkt)
+    assert pkt.ctstate == "INVALID"
+
+
+def test_states_over_a_connection_lifetime() -> None:
+    table = ConntrackTable()
+    first = Packet(CLIENT, SERVER, "udp", 41000, 8080)
+    track(table, first)
+    assert (first.ctstate, first.ct_reply) == ("NEW", False)
+    assert first.ct is not None
+    table.confirm(first.ct)
+    assert set(table.by_tuple) == {first.tuple5(), first.tuple5().reversed()}
+
+    again = Packet(CLIENT, SERVER, "udp", 41000, 8080)
+    track(table, again)
+    assert (again.ct, again.ctstate) == (first.ct, "NEW")  # no reply seen yet
+
+    reply = Packet(SERVER, CLIENT, "udp", 8080, 41000)
+    track(table, reply)
+    assert (reply.ct, reply.ctstate, reply.ct_reply) == (first.ct, "ESTABLISHED", True)
+    assert "SEEN_REPLY" in first.ct.status
+
+    later = Packet(CLIENT, SERVER, "udp", 41000, 8080)
+    track(table, later)
+    assert (later.ctstate, later.ct_reply) == ("ESTABLISHED", False)
+
+    other = Packet(CLIENT, SERVER, "udp", 41001, 8080)
+    track(table, other)
+    assert other.ctstate == "NEW" and other.ct is not first.ct
+
+
+def test_icmp_errors_are_related_to_the_connection_they_quote() -> None:
+    table = ConntrackTable()
+    dgram = Packet(CLIENT, SERVER, "udp", 41000, 8080)
+    track(table, dgram)
+    assert dgram.ct is not None
+    table.confirm(dgram.ct)
+    # The server answers the datagram with port unreachable: reply direction.
+    err = Packet(SERVER, CLIENT, "icmp", icmp_type=3, icmp_code=3, inner=dgram.copy())
+    track(table, err)
+    assert (err.ctstate, err.ct, err.ct_reply) == ("RELATED", dgram.ct, True)
+    # Quoting a packet of no known connection, or nothing at all: INVALID.
+    stray = Packet(SERVER, CLIENT, "icmp", icmp_type=3, icmp_code=3, inner=Packet(CLIENT, SERVER, "udp", 9, 9))
+    track(table, stray)
+    assert (stray.ctstate, stray.ct) == ("INVALID", None)
+    bare = Packet(SERVER, CLIENT, "icmp", icmp_type=3, icmp_code=3)
+    track(table, bare)
+    assert bare.ctstate == "INVALID"
+
+
+# ---------------------------------------------------------------- bind() and nat_packet()
+
+
+def test_dnat_binding_rewrites_the_request_and_un_nats_the_reply() -> None:
+    table = ConntrackTable()
+    syn = tcp("10.0.0.2", "10.96.0.1", 41000, 80, "SYN")
+    track(table, syn)
+    assert syn.ct is not None
+    bind(syn.ct, "DST", SERVER, 8080)
+    assert {"INIT_DST", "DNAT"} <= syn.ct.status
+    assert (syn.ct.reply.src, syn.ct.reply.sport, syn.ct.reply.dst, syn.ct.reply.dport) == (SERVER, 8080, CLIENT, 41000)
+    assert nat_packet(syn, "DST") is True
+    assert (syn.dst, syn.dport) == (SERVER, 8080)
+    assert nat_packet(syn, "SRC") is False  # no SNAT binding
+    table.confirm(syn.ct)
+
+    synack = tcp("10.1.0.2", "10.0.0.2", 8080, 41000, "SYN", "ACK")
+    track(table, synack)
+    assert (synack.ctstate, synack.ct_reply) == ("ESTABLISHED", True)
+    assert nat_packet(synack, "DST") is False
+    assert nat_packet(synack, "SRC") is True
+    assert (synack.src, synack.sport, synack.dst, synack.dport) == (VIP, 80, CLIENT, 41000)
+
+
+def test_snat_binding_rewrites_the_source_and_un_nats_the_reply_destination() -> None:
+    table = ConntrackTable()
+    dgram = Packet(CLIENT, SERVER, "udp", 41000, 8080)
+    track(table, dgram)
+    assert dgram.ct is not None
+    bind(dgram.ct, "SRC", NODE_OUT, None)  # keep the port
+    assert "SNAT" in dgram.ct.status and "DNAT" not in dgram.ct.status
+    assert nat_packet(dgram, "SRC") is True
+    assert (dgram.src, dgram.sport) == (NODE_OUT, 41000)
+    table.confirm(dgram.ct)
+    reply = Packet(SERVER, NODE_OUT, "udp", 8080, 41000)
+    track(table, reply)
+    assert reply.ct is dgram.ct and reply.ct_reply
+    assert nat_packet(reply, "DST") is True
+    assert (reply.dst, reply.dport) == (CLIENT, 41000)
+
+
+def test_null_binding_changes_nothing() -> None:
+    pkt = Packet(CLIENT, SERVER, "udp", 41000, 8080)
+    track(ConntrackTable(), pkt)
+    assert pkt.ct is not None
+    bind(pkt.ct, "DST", None, None)
+    bind(pkt.ct, "SRC", None, None)
+    assert pkt.ct.status == {"INIT_DST", "INIT_SRC"}
+    assert pkt.ct.reply == pkt.ct.original.reversed()
+    assert nat_packet(pkt, "DST") is False and nat_packet(pkt, "SRC") is False
+
+
+def test_dnat_to_the_same_address_is_not_a_dnat() -> None:
+    pkt = tcp("10.0.0.2", "10.1.0.2", 41000, 8080, "SYN")
+    track(ConntrackTable(), pkt)
+    assert pkt.ct is not None
+    bind(pkt.ct, "DST", SERVER, 8080)
+    assert "DNAT" not in pkt.ct.status
+
+
+def test_icmp_error_translation_rewrites_outer_and_embedded_headers() -> None:
+    table = ConntrackTable()
+    dgram = Packet(CLIENT, VIP, "udp", 41000, 80)
+    track(table, dgram)
+    assert dgram.ct is not None
+    bind(dgram.ct, "DST", SERVER, 8080)
+    nat_packet(dgram, "DST")
+    table.confirm(dgram.ct)
+    # The endpoint quotes the datagram as it arrived: to 10.1.0.2:8080.
+    err = Packet(SERVER, CLIENT, "icmp", icmp_type=3, icmp_code=3, inner=dgram.copy())
+    track(table, err)
+    assert err.ctstate == "RELATED"
+    assert err.inner is not None
+    assert nat_packet(err, "SRC") is True
+    assert (err.src, err.dst) == (VIP, CLIENT)
+    assert (err.inner.src, err.inner.sport, err.inner.dst, err.inner.dport) == (CLIENT, 41000, VIP, 80)
+
+
+# ---------------------------------------------------------------- through the kernel
+
+
+@pytest.mark.parametrize("proto", ["TCP", "UDP"])
+def test_dnat_reply_is_un_natted_client_sees_the_dialled_address(proto: Protocol) -> None:
+    kernel = Kernel(routed(dnat_to(SERVER, 8080) + filter_()))
+    outcome = probe(kernel, VIP, 80, proto)
+    assert outcome.verdict == "delivered"
+    assert (outcome.served_by, outcome.served_port) == ("server", 8080)
+    assert (outcome.server_saw, outcome.client_saw) == (CLIENT, VIP)
+    assert any(
+        line.startswith("node PREROUTING nat/PREROUTING:") and line.endswith("=> DNAT 10.1.0.2:8080")
+        for line in outcome.trace
+    )
+
+
+@pytest.mark.parametrize("proto", ["TCP", "UDP"])
+def test_masquerade_uses_the_out_device_address_toward_the_next_hop(proto: Protocol) -> None:
+    # eth1 has 10.1.0.1 first and 192.168.50.1 second; the next hop toward
+    # 203.0.113.5 is 192.168.50.2, so MASQUERADE must pick 192.168.50.1.
+    dp = routed(
+        nat("-A POSTROUTING -o eth1 -j MASQUERADE") + filter_(),
+        node_addresses=(("eth1", "192.168.50.1/24"),),
+        node_routes=(Route(IPv4Network("203.0.113.0/24"), "eth1", via=A("192.168.50.2")),),
+        server_addresses=("192.168.50.2/24", "203.0.113.5/32"),
+        # The UDP server answers from the source routing picks: make it the dialled one.
+        server_routes=(Route(IPv4Network("192.168.50.1/32"), "eth0", src=A("203.0.113.5")),),
+    )
+    kernel = Kernel(dp)
+    outcome = probe(kernel, A("203.0.113.5"), 8080, proto)
+    assert outcome.verdict == "delivered"
+    assert (outcome.server_saw, outcome.client_saw) == (A("192.168.50.1"), A("203.0.113.5"))
+    # Toward the connected subnet, the first address of the device.
+    outcome = probe(kernel, SERVER, 8080, proto)
+    assert (outcome.server_saw, outcome.client_saw) == (NODE_OUT, SERVER)
+
+
+def test_snat_to_source() -> None:
+    kernel = Kernel(routed(nat("-A POSTROUTING -o eth1 -j SNAT --to-source 10.1.0.1") + filter_()))
+    outcome = probe(kernel, SERVER, 8080, "TCP")
+    assert (outcome.verdict, outcome.server_saw, outcome.client_saw) == ("delivered", NODE_OUT, SERVER)
+
+
+CTSTATE_LOG = filter_(
+    "-A FORWARD -m conntrack --ctstate NEW -j LOG --log-prefix NEW",
+    "-A FORWARD -m conntrack --ctstate ESTABLISHED -j LOG --log-prefix ESTABLISHED",
+    "-A FORWARD -m conntrack --ctstate RELATED -j LOG --log-prefix RELATED",
+    "-A FORWARD -m conntrack --ctstate INVALID -j LOG --log-prefix INVALID",
+)
+
+
+def forward_states(trace: tuple[str, ...]) -> list[str]:
+    """The ctstate of each packet the node forwarded, from the LOG rules' trace lines."""
+    out = []
+    for line in trace:
+        if "filter/FORWARD" in line and "=> LOG" in line:
+            out.append(line.split("=> LOG '", 1)[1].split("'", 1)[0])
+    return out
+
+
+def test_ctstate_seen_by_filter_rules_over_a_tcp_exchange() -> None:
+    kernel = Kernel(routed(CTSTATE_LOG))
+    outcome = probe(kernel, SERVER, 8080, "TCP")
+    assert outcome.verdict == "delivered"
+    # SYN, SYN-ACK, ACK, answer.
+    assert forward_states(outcome.trace) == ["NEW", "ESTABLISHED", "ESTABLISHED", "ESTABLISHED"]
+
+
+def test_ctstate_related_for_an_icmp_error_and_invalid_for_a_stray_synack() -> None:
+    kernel = Kernel(routed(CTSTATE_LOG))
+    outcome = probe(kernel, SERVER, 9999, "UDP")  # no listener: port unreachable
+    assert outcome.verdict == "refused"
+    assert forward_states(outcome.trace) == ["NEW", "RELATED"]
+    stray = tcp("10.1.0.2", "10.0.0.2", 8080, 41000, "SYN", "ACK")
+    w = walk()
+    landing = kernel.send(w, kernel.namespaces["server"], stray)
+    assert isinstance(landing, Arrived)
+    assert forward_states(tuple(w.trace)) == ["INVALID"]
+
+
+def test_nat_table_is_consulted_only_for_a_connections_first_packet() -> None:
+    # Marked packets would go to 10.1.0.30; only a first packet can see that rule.
+    rules = nat(
+        "-A PREROUTING -p udp -m mark --mark 0x1 -j DNAT --to-destination 10.1.0.30:9090",
+        "-A PREROUTING -p udp -j DNAT --to-destination 10.1.0.2:8080",
+    )
+    kernel = Kernel(routed(rules + filter_()))
+    node = kernel.namespaces["node"]
+    eth0 = node.devices["eth0"]
+
+    def through(pkt: Packet) -> list[str]:
+        w = walk()
+        assert kernel.hook(w, node, "PREROUTING", pkt, in_dev=eth0, out_dev=None).verdict == "ACCEPT"
+        assert kernel.hook(w, node, "POSTROUTING", pkt, in_dev=None, out_dev=node.devices["eth1"]).verdict == "ACCEPT"
+        return [line for line in w.trace if "nat/PREROUTING" in line]
+
+    first = Packet(CLIENT, VIP, "udp", 41000, 80)
+    assert through(first)
+    assert (first.dst, first.dport) == (SERVER, 8080)
+    second = Packet(CLIENT, VIP, "udp", 41000, 80, mark=0x1)
+    assert through(second) == []  # same connection: rewritten from the binding alone
+    assert (second.ctstate, second.dst, second.dport) == ("NEW", SERVER, 8080)
+    other = Packet(CLIENT, VIP, "udp", 41001, 80, mark=0x1)
+    assert through(other)
+    assert (other.dst, other.dport) == (A("10.1.0.30"), 9090)
+
+
+@pytest.mark.parametrize("forward", ["ACCEPT", "DROP"])
+def test_unconfirmed_connection_vanishes_when_its_first_packet_is_dropped(forward: str) -> None:
+    kernel = Kernel(routed(dnat_to(SERVER, 8080) + filter_(forward=forward)))
+    node = kernel.namespaces["node"]
+    landing = kernel.send(walk(), kernel.namespaces["client"], Packet(CLIENT, VIP, "udp", 41000, 80))
+    if forward == "DROP":
+        assert isinstance(landing, Lost)
+        assert node.conntrack.by_tuple == {}
+    else:
+        assert isinstance(landing, Arrived)
+        entries = {(c.original.dst, c.reply.src, r) for c, r in node.conntrack.by_tuple.values()}
+        assert entries == {(VIP, SERVER, False), (VIP, SERVER, True)}
+
+
+def test_after_a_dropped_first_packet_the_retry_is_a_new_connection() -> None:
+    # The first packet gets a DNAT binding in PREROUTING and is then dropped
+    # (never confirmed); the retry, same tuple, is NEW and sees the nat rules.
+    rules = nat(
+        "-A PREROUTING -p udp -m mark --mark 0x1 -j DNAT --to-destination 10.1.0.30:9090",
+        "-A PREROUTING -p udp -j DNAT --to-destination 10.1.0.2:8080",
+    )
+    kernel = Kernel(routed(rules + filter_()))
+    node = kernel.namespaces["node"]
+    first = Packet(CLIENT, VIP, "udp", 41000, 80)
+    kernel.hook(walk(), node, "PREROUTING", first, in_dev=node.devices["eth0"], out_dev=None)
+    assert first.ct is not None and "DNAT" in first.ct.status
+    assert node.conntrack.by_tuple == {}
+    retry = Packet(CLIENT, VIP, "udp", 41000, 80, mark=0x1)
+    kernel.hook(walk(), node, "PREROUTING", retry, in_dev=node.devices["eth0"], out_dev=None)
+    assert retry.ctstate == "NEW" and retry.ct is not first.ct
+    assert (retry.dst, retry.dport) == (A("10.1.0.30"), 9090)
+
+
+@pytest.mark.parametrize("proto", ["TCP", "UDP"])
+def test_unreachable_port_behind_dnat_is_refused_by_the_dialled_address(proto: Protocol) -> None:
+    kernel = Kernel(routed(dnat_to(SERVER, 9999) + filter_()))
+    outcome = probe(kernel, VIP, 80, proto)
+    assert outcome.verdict == "refused"
+    how = "ICMP" if proto == "UDP" else "RST"
+    assert outcome.reason == f"ECONNREFUSED ({how} from {VIP})"
+
+
+def test_icmp_error_from_a_dnat_endpoint_reaches_the_client_as_from_the_service() -> None:
+    kernel = Kernel(routed(dnat_to(SERVER, 9999) + filter_()))
+    client, server = kernel.namespaces["client"], kernel.namespaces["server"]
+    w = walk()
+    there = kernel.send(w, client, Packet(A(0), VIP, "udp", CLIENT_PORT, 80))
+    assert isinstance(there, Arrived) and there.netns is server
+    assert (there.pkt.src, there.pkt.dst, there.pkt.dport) == (CLIENT, SERVER, 9999)
+    back = kernel.icmp_send(w, server, there.pkt, 3, 3, in_dev=None)
+    assert isinstance(back, Arrived) and back.netns is client
+    err = back.pkt
+    assert (err.proto, err.icmp_type, err.icmp_code, err.src, err.dst) == ("icmp", 3, 3, VIP, CLIENT)
+    assert err.inner is not None
+    inner = err.inner
+    assert (inner.proto, inner.src, inner.sport, inner.dst, inner.dport) == ("udp", CLIENT, CLIENT_PORT, VIP, 80)
+
+
+# ---------------------------------------------------------------- veth scrubbing
+
+
+def veth_pair(same_netns: bool) -> Dataplane:
+    if same_netns:
+        solo = NetnsConfig(
+            name="solo",
+            role="pod",
+            links=(Link("va", "veth", "solo", "vb"),),
+            addresses=(("va", IPv4Interface("10.9.0.1/24")), ("vb", IPv4Interface("10.9.1.1/24"))),
+        )
+        return Dataplane((solo,))
+    left = NetnsConfig(
+        name="left",
+        role="pod",
+        links=(Link("va", "veth", "right", "vb"),),
+        addresses=(("va", IPv4Interface("10.9.0.1/24")),),
+    )
+    right = NetnsConfig(name="right", role="pod", addresses=(("vb", IPv4Interface("10.9.1.1/24")),))
+    return Dataplane((left, right))
+
+
+@pytest.mark.parametrize("same_netns", [False, True])
+def test_veth_crossing_clears_conntrack_and_across_namespaces_the_mark(same_netns: bool) -> None:
+    kernel = Kernel(veth_pair(same_netns))
+    ns_a: NetNS = kernel.namespaces["solo" if same_netns else "left"]
+    va = ns_a.devices["va"]
+    assert va.peer is not None
+    pkt = Packet(A("192.0.2.7"), A("10.9.1.1"), "udp", 41000, 8080, mark=0x4000)
+    track(ConntrackTable(), pkt)
+    assert pkt.ct is not None and pkt.ctstate == "NEW"
+    pkt.dst_mac = va.peer.mac
+    landing = kernel.xmit(walk(), va, pkt)
+    assert isinstance(landing, Arrived)
+    assert landing.netns is va.peer.netns
+    assert (landing.pkt.ct, landing.pkt.ctstate, landing.pkt.ct_reply) == (None, "UNTRACKED", False)
+    assert landing.pkt.mark == (0x4000 if same_netns else 0)
