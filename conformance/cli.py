@@ -7,6 +7,7 @@ implementation went uncaught), 2 bad input or a backend that cannot run.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -20,6 +21,7 @@ from backends import Backend, BackendUnavailable, backend_names, get_backend
 from backends.sim.iptables import RulesetError
 from backends.sim.kernel import SimError
 from conformance.cases import dump_case, load_case
+from conformance.compare import run_compare
 from conformance.implementations import IMPLEMENTATIONS, REFERENCE, broken_implementations, get_implementation
 from conformance.loader import ScenarioError
 from conformance.progress import Progress
@@ -236,6 +238,59 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    backends = _backends(args.backends)
+    exact = [b for b in backends if b.exact]
+    real = [b for b in backends if not b.exact]
+    if len(exact) != 1 or not real:
+        _fail("--backends: name one exact backend (sim) and at least one real backend, e.g. sim,netns")
+    _implementation(args.implementation)
+    impl = get_implementation(args.implementation)
+    predictor = exact[0]
+    run_dir = _run_dir(Path(args.report_dir))
+    failed = 0
+    for backend in real:
+        progress = Progress(f"compare {predictor.name} vs {backend.name}", args.examples)
+        try:
+            r = run_compare(predictor, backend, impl, examples=args.examples, seed=args.seed, on_example=progress.step)
+        finally:
+            backend.teardown()
+        progress.finish("agree" if r.passed else ("DISAGREE" if r.disagreement else "ERROR"))
+        rate = r.examples / r.seconds if r.seconds else 0.0
+        print(f"{r.examples} examples in {r.seconds:.1f}s ({rate:.1f}/s), seed {r.seed}")
+        if r.disagreement is not None:
+            failed += 1
+            case_file = run_dir / "disagreements" / f"{predictor.name}-{backend.name}.yaml"
+            case_file.parent.mkdir(parents=True, exist_ok=True)
+            case_file.write_text(dump_case(r.disagreement.case), encoding="utf-8")
+            print("\n" + r.disagreement.render())
+            print(f"\nminimal case saved as {case_file}")
+        elif r.error is not None:
+            failed += 1
+            print(f"could not compare: {r.error}")
+    return 1 if failed else 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    removed: list[str] = []
+    for name in backend_names():
+        module = sys.modules.get(f"backends.{name}") or _import_backend_module(name)
+        clean = getattr(module, "cleanup", None) if module is not None else None
+        if callable(clean):
+            removed += [f"{name}: {item}" for item in clean(args.run)]
+    for line in removed:
+        print(f"removed {line}")
+    print(f"cleanup: {len(removed)} object(s) removed" + (f" for run {args.run}" if args.run else ""))
+    return 0
+
+
+def _import_backend_module(name: str) -> object | None:
+    try:
+        return importlib.import_module(f"backends.{name}")
+    except ImportError:
+        return None
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     print("specs:")
     for s in all_specs().values():
@@ -292,6 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--proto", choices=("tcp", "udp", "sctp"), default="tcp")
     tr.add_argument("--json", action="store_true", help="one machine-readable JSON object")
     tr.set_defaults(func=cmd_trace)
+
+    cmp = sub.add_parser("compare", help="differential run: a real backend's samples against the simulator")
+    cmp.add_argument("--backends", default="sim,netns", help="the exact backend and real ones (default: sim,netns)")
+    cmp.add_argument("--examples", type=int, default=100)
+    cmp.add_argument("--seed", type=int, default=None)
+    cmp.add_argument("--implementation", default=REFERENCE)
+    cmp.add_argument("--report-dir", default=str(DEFAULT_REPORT_DIR))
+    cmp.set_defaults(func=cmd_compare)
+
+    cl = sub.add_parser("cleanup", help="remove what runs of this tool created (also after a crash)")
+    cl.add_argument("--run", default=None, help="only this run id (default: every recorded run)")
+    cl.set_defaults(func=cmd_cleanup)
 
     ls = sub.add_parser("list", help="specs, implementations and backends")
     ls.set_defaults(func=cmd_list)

@@ -63,6 +63,19 @@ class Failure:
 
 
 @dataclass
+class ExampleRecord:
+    """One Hypothesis example as run: what was asked, what was seen, the verdict."""
+
+    case: Case
+    observations: list[Observation]
+    violations: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.violations
+
+
+@dataclass
 class SpecResult:
     spec: str
     backend: str
@@ -73,6 +86,7 @@ class SpecResult:
     failure: Failure | None = None
     error: str | None = None  # the run could not judge (e.g. the simulator lacks a feature)
     notes: list[str] = field(default_factory=list)
+    records: list[ExampleRecord] = field(default_factory=list)  # every example, in run order
 
     @property
     def passed(self) -> bool:
@@ -106,12 +120,11 @@ def run_spec(
     """Run one spec; never raises for a failing property (see SpecResult)."""
     used_seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
     last: dict[str, Failure] = {}
-    count = 0
+    records: list[ExampleRecord] = []
 
     def prop(case: Case) -> None:
-        nonlocal count
-        count += 1
         observations, violations = check_case(spec, case, backend, implementation)
+        records.append(ExampleRecord(case, observations, violations))
         if on_example is not None:
             on_example()
         if violations:
@@ -144,7 +157,8 @@ def run_spec(
         result.error = f"{type(e).__name__}: {e}"
     finally:
         backend.teardown()
-    result.examples = count
+    result.examples = len(records)
+    result.records = records
     result.seconds = time.perf_counter() - start
     return result
 
