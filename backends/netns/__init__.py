@@ -102,8 +102,7 @@ class NetnsBackend:
             return
         if os.geteuid() != 0:
             raise BackendUnavailable(
-                f"netns backend: needs root (uid 0 with CAP_NET_ADMIN and CAP_SYS_ADMIN); "
-                f"running as uid {os.geteuid()}"
+                f"netns backend: needs root (uid 0 with CAP_NET_ADMIN and CAP_SYS_ADMIN); running as uid {os.geteuid()}"
             )
         caps = _effective_caps()
         for bit, cap in ((CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")):
@@ -179,12 +178,12 @@ class NetnsBackend:
 
     def teardown(self) -> None:
         self._destroy()
-        if self._worker is not None:
-            self._worker.close()
-            self._worker = None
         if self._record is not None:
             records.undo(self._record, self._state_dir)
             self._record = None
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
     # -- internals -------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 
 from backends.netns import NetnsBackend
+from conformance.dataplane import Dataplane
 from conformance.implementations import get_implementation
 from conformance.model import ContainerPort, Node, Pod, Scenario, Service, ServicePort, labels
 from conformance.probes import Probe
@@ -60,6 +61,12 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def _ms(values: list[float]) -> str:
+    return (
+        f"median {statistics.median(values) * 1000:.1f} ms (min {min(values) * 1000:.1f}, max {max(values) * 1000:.1f})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=10)
@@ -71,15 +78,33 @@ def main() -> None:
     probes = delivered_probes(scenario)
     backend = NetnsBackend()
     backend.preflight()
+
+    def example(dataplane: Dataplane, probes: list[Probe]) -> None:
+        backend.deploy(dataplane)
+        backend.reset()
+        backend.observe(probes)
+
     try:
-        builds = []
+        quiet = []
         for _ in range(args.rounds):
-            builds.append(_timed(lambda: backend.deploy(reference)))
+            time.sleep(0.5)  # let the kernel finish dismantling the previous namespaces
+            quiet.append(_timed(lambda: backend.deploy(reference)))
             backend.teardown()
-        print(
-            f"build 3 nodes / 12 pods ({len(reference.namespaces)} namespaces): "
-            f"median {statistics.median(builds) * 1000:.1f} ms, min {min(builds) * 1000:.1f} ms"
-        )
+        print(f"build 3 nodes / 12 pods ({len(reference.namespaces)} namespaces), quiet kernel: {_ms(quiet)}")
+
+        busy = []
+        for i in range(args.rounds):
+            # A different topology each time: a rebuild while the last one is still being dismantled.
+            busy.append(_timed(lambda i=i: example(reference if i % 2 else small, probes[:3])))  # type: ignore[misc]
+        print(f"per example, topology changed (1x2 <-> 3x4 rebuild + 3 probes): {_ms(busy)}")
+        backend.teardown()
+
+        small_examples = []
+        for i in range(args.rounds):
+            variant = get_implementation("no-hairpin-masquerade" if i % 2 else "reference").render(cluster(1, 2))
+            small_examples.append(_timed(lambda v=variant: example(v, probes[:3])))  # type: ignore[misc]
+        print(f"per example, 1 node / 2 pods, rules swapped + 3 probes: {_ms(small_examples)}")
+        backend.teardown()
 
         backend.deploy(reference)
         backend.reset()
@@ -91,29 +116,17 @@ def main() -> None:
             observes.append(_timed(lambda: backend.observe(probes[:8])))
         per_example = statistics.median(swaps) + statistics.median(resets) + statistics.median(observes)
         print(
-            f"per example, rules swapped (3x4 cluster, 8 probes): {per_example * 1000:.1f} ms "
-            f"(swap {statistics.median(swaps) * 1000:.1f} + reset {statistics.median(resets) * 1000:.2f} "
+            f"per example, 3x4 rules swapped + conntrack flush + 8 probes: {per_example * 1000:.1f} ms "
+            f"(swap {statistics.median(swaps) * 1000:.1f} + flush {statistics.median(resets) * 1000:.2f} "
             f"+ probes {statistics.median(observes) * 1000:.1f}) = {1 / per_example:.0f} examples/s"
         )
 
-        rebuilds = []
-        for i in range(args.rounds):
-            dataplane = small if i % 2 == 0 else reference
-            rebuilds.append(_timed(lambda d=dataplane: (backend.deploy(d), backend.reset())))  # type: ignore[misc]
-        print(f"per example, topology changed (1x2 <-> 3x4 rebuild): median {statistics.median(rebuilds) * 1000:.1f} ms")
-        backend.teardown()
-        small_cost = []
-        for _ in range(args.rounds):
-            small_cost.append(_timed(lambda: (backend.deploy(small), backend.reset())))
-            backend.teardown()
-        print(f"build 1 node / 2 pods: median {statistics.median(small_cost) * 1000:.1f} ms")
-
-        backend.deploy(reference)
-        backend.reset()
         many = probes * 4
         times = [_timed(lambda: backend.observe(many)) for _ in range(args.rounds)]
         rate = len(many) / statistics.median(times)
-        print(f"probes: {len(many)} concurrent delivered probes in {statistics.median(times) * 1000:.1f} ms = {rate:.0f}/s")
+        print(
+            f"probes: {len(many)} concurrent delivered probes in {statistics.median(times) * 1000:.1f} ms = {rate:.0f}/s"
+        )
     finally:
         backend.teardown()
 

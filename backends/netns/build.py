@@ -148,7 +148,9 @@ def configure(worker: NetnsWorker, ns: Netns) -> None:
             links = list(ipr.get_links())
             indexes = {str(msg.get("IFLA_IFNAME")): int(msg["index"]) for msg in links}
             for dev, iface in cfg.addresses:
-                ipr.addr("add", index=_index(indexes, ns, dev), address=str(iface.ip), prefixlen=iface.network.prefixlen)
+                ipr.addr(
+                    "add", index=_index(indexes, ns, dev), address=str(iface.ip), prefixlen=iface.network.prefixlen
+                )
             for msg in links:
                 if not msg["flags"] & IFF_UP:
                     ipr.link("set", index=msg["index"], state="up")

@@ -159,7 +159,9 @@ class NetnsWorker:
             raise
 
     def close(self) -> None:
+        # fds are per process: no need (and, at interpreter exit, no way) to
+        # hand this to the worker thread.
         if self._root_fd is not None:
-            fd, self._root_fd = self._root_fd, None
-            self._pool.submit(os.close, fd).result()
+            os.close(self._root_fd)
+            self._root_fd = None
         self._pool.shutdown(wait=True)

@@ -77,16 +77,19 @@ class Server:
             try:
                 if self.listener.protocol == "TCP":
                     conn, (peer, _) = self.sock.accept()
+                else:
+                    _, addr = self.sock.recvfrom(ANSWER_MAX)
+            except OSError:  # BlockingIOError: nothing more waiting
+                return
+            try:
+                if self.listener.protocol == "TCP":
                     with conn:
                         conn.setblocking(False)
                         conn.send(answer_line(identity, port, peer))
                 else:
-                    _, addr = self.sock.recvfrom(ANSWER_MAX)
                     self.sock.sendto(answer_line(identity, port, addr[0]), addr)
-            except BlockingIOError:
-                return
             except OSError:
-                continue  # a reply that cannot be sent is the dataplane's business
+                pass  # an answer that cannot be sent is the dataplane's business: the probe sees it
 
     def drain(self) -> None:
         """Drop what arrived outside a probe run (late retransmissions)."""
@@ -96,10 +99,8 @@ class Server:
                     self.sock.accept()[0].close()
                 else:
                     self.sock.recvfrom(ANSWER_MAX)
-            except BlockingIOError:
+            except OSError:  # BlockingIOError: empty
                 return
-            except OSError:
-                continue
 
     def close(self) -> None:
         self.sock.close()

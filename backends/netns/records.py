@@ -8,6 +8,7 @@ is created: a SIGKILL can leave a recorded name that was never created
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -46,9 +47,14 @@ class RunRecord:
         return state_dir / f"{self.run_id}.json"
 
     def save(self, state_dir: Path = STATE_DIR) -> None:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = state_dir / f".{self.run_id}.json.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=1))
+        for _ in range(3):  # another run may remove the directory when it empties it
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                tmp.write_text(json.dumps(asdict(self), indent=1))
+                break
+            except FileNotFoundError:
+                continue
         os.replace(tmp, self.path(state_dir))  # atomic: never a half-written record
 
     def owner_alive(self) -> bool:
@@ -68,11 +74,12 @@ def load(path: Path) -> RunRecord:
 
 def undo(record: RunRecord, state_dir: Path = STATE_DIR) -> list[str]:
     """Delete what one record lists, then the record; return what was deleted."""
-    deleted: list[str] = []
     prefix = f"nc-{record.run_id}-"
     for name in record.netns:
         if not name.startswith(prefix):  # a corrupt record must not aim elsewhere
             raise ValueError(f"record {record.run_id}: {name!r} is not a name this run could create")
+    deleted: list[str] = []
+    for name in record.netns:
         if delete_netns(name):
             deleted.append(name)
     if record.run_dir:
@@ -83,6 +90,8 @@ def undo(record: RunRecord, state_dir: Path = STATE_DIR) -> list[str]:
             shutil.rmtree(run_dir)
             deleted.append(str(run_dir))
     record.path(state_dir).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        state_dir.rmdir()  # only if no other run left a record there
     return deleted
 
 

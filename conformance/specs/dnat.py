@@ -32,6 +32,7 @@ from conformance.specs.common import (
     external_ip,
     node_with_ip,
     served_set,
+    source_node,
     source_pod,
     violation,
 )
@@ -55,11 +56,19 @@ def _backends(s: Scenario, probe: Probe) -> tuple[Service, str, tuple[Pod, ...],
     np = semantics.nodeport_for(s, probe.port, probe.protocol) if node else None
     if node is not None and np is not None:
         svc, sp = np
-        external = probe.source == "external"
+        # To the dialled node, traffic from outside or from another node's own
+        # address is external (kube-proxy only short-circuits pod sources).
+        other = source_node(s, probe)
+        external = probe.source == "external" or (other is not None and other != node)
         pods = semantics.expected_backends(s, svc, sp, client_node=node, via_nodeport=external)
         keeps_source = external and svc.external_traffic_policy == "Local"
         return svc, f"{svc.ref} NodePort on {node}", pods, sp.target_port, keeps_source
     return None
+
+
+def _client_address(s: Scenario, probe: Probe) -> IPv4Address:
+    node = source_node(s, probe)
+    return s.node(node).ip if node is not None else external_ip(s)
 
 
 def _known_asymmetry(s: Scenario, probe: Probe) -> bool:
@@ -115,8 +124,9 @@ def check(case: Case, observations: Sequence[Observation], exact: bool) -> list[
                 and o.client_saw == probe.dst
             )
             if keeps_source:
-                want += f", server sees the client's address {external_ip(s)}"
-                ok = ok and o.server_saw == external_ip(s)
+                client_ip = _client_address(s, probe)
+                want += f", server sees the client's address {client_ip}"
+                ok = ok and o.server_saw == client_ip
             if not ok:
                 out.append(violation(probe, want, o, p=p))
         if exact and pods and served_set(obs) != refs and not _known_asymmetry(s, probe):

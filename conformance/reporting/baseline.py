@@ -1,0 +1,142 @@
+"""Comparing a run with a baseline: what newly fails, what got fixed, which outcomes changed.
+
+A cell is one spec x backend x implementation result. A new failure is a
+cell whose status is not pass and differs from the baseline's (including a
+failing cell the baseline does not have: nobody vouched for it). A changed
+outcome is the same case in the same cell whose set of observed outcomes
+for a probe differs; cases only line up when both runs used the same seed
+and example count, so the diff says how many cases it could compare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from conformance.reporting.document import Cell, load_cells
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    spec: str
+    backend: str
+    implementation: str
+    before: str | None  # None: the baseline has no such cell
+    after: str
+    detail: tuple[str, ...]  # the run's violations or error (new failures), the baseline's (fixes)
+
+    @property
+    def label(self) -> str:
+        return f"{self.spec} / {self.backend} / {self.implementation}"
+
+
+@dataclass(frozen=True)
+class OutcomeChange:
+    spec: str
+    backend: str
+    implementation: str
+    case_id: str
+    probe: str
+    before: frozenset[str]
+    after: frozenset[str]
+    verdict_before: str
+    verdict_after: str
+
+
+@dataclass(frozen=True)
+class BaselineDiff:
+    run: Path
+    baseline: Path
+    new_failures: tuple[StatusChange, ...]
+    fixes: tuple[StatusChange, ...]
+    changed_outcomes: tuple[OutcomeChange, ...]
+    missing: tuple[str, ...]  # cells in the baseline that the run did not have
+    cells_compared: int
+    cases_compared: int  # cases present in both
+
+    @property
+    def regressed(self) -> bool:
+        return bool(self.new_failures)
+
+
+def _results_file(path: Path) -> Path:
+    return path / "results.json" if path.is_dir() else path
+
+
+def compare_with_baseline(run: Path, baseline: Path) -> BaselineDiff:
+    """run and baseline: results.json files (or run directories holding one)."""
+    run, baseline = _results_file(run), _results_file(baseline)
+    now = {c.key: c for c in load_cells(run)}
+    before = {c.key: c for c in load_cells(baseline)}
+    new_failures: list[StatusChange] = []
+    fixes: list[StatusChange] = []
+    changed: list[OutcomeChange] = []
+    cases = 0
+    for key, cell in now.items():
+        old = before.get(key)
+        old_status = old.status if old is not None else None
+        if cell.status != "pass" and cell.status != old_status:
+            new_failures.append(StatusChange(*key, old_status, cell.status, cell.detail))
+        elif cell.status == "pass" and old is not None and old.status != "pass":
+            fixes.append(StatusChange(*key, old.status, cell.status, old.detail))
+        if old is not None:
+            found, n = _changed_outcomes(old, cell)
+            changed += found
+            cases += n
+    missing = tuple(before[k].label for k in before if k not in now)
+    return BaselineDiff(run, baseline, tuple(new_failures), tuple(fixes), tuple(changed), missing, len(now), cases)
+
+
+def _changed_outcomes(old: Cell, new: Cell) -> tuple[list[OutcomeChange], int]:
+    out: list[OutcomeChange] = []
+    common = [cid for cid in new.cases if cid in old.cases]
+    for cid in common:
+        a, b = old.cases[cid], new.cases[cid]
+        for probe in dict.fromkeys([*a.outcomes, *b.outcomes]):
+            seen_before, seen_now = a.outcomes.get(probe, frozenset()), b.outcomes.get(probe, frozenset())
+            if seen_before != seen_now:
+                out.append(
+                    OutcomeChange(
+                        new.spec,
+                        new.backend,
+                        new.implementation,
+                        cid,
+                        probe,
+                        seen_before,
+                        seen_now,
+                        a.verdict,
+                        b.verdict,
+                    )
+                )
+    return out, len(common)
+
+
+def _set(keys: frozenset[str]) -> str:
+    return "{" + "; ".join(sorted(keys)) + "}" if keys else "{}"
+
+
+def render_diff(diff: BaselineDiff) -> str:
+    lines = [f"run {diff.run}", f"  against baseline {diff.baseline}", ""]
+    lines.append(f"new failures: {len(diff.new_failures)}")
+    for s in diff.new_failures:
+        was = "not in baseline" if s.before is None else f"was {s.before}"
+        lines.append(f"  - {s.label}: {s.after} ({was})")
+        lines += [f"      {d}" for d in s.detail[:5]]
+        if len(s.detail) > 5:
+            lines.append(f"      ... and {len(s.detail) - 5} more")
+    lines.append(f"fixes: {len(diff.fixes)}")
+    lines += [f"  - {s.label}: pass (was {s.before})" for s in diff.fixes]
+    lines.append(f"changed outcomes: {len(diff.changed_outcomes)} (in {diff.cases_compared} cases run by both)")
+    for c in diff.changed_outcomes:
+        verdict = f", verdict {c.verdict_before} -> {c.verdict_after}" if c.verdict_before != c.verdict_after else ""
+        lines.append(f"  - {c.spec} / {c.backend} / {c.implementation}, case {c.case_id}{verdict}")
+        lines.append(f"      {c.probe}")
+        lines.append(f"      before: {_set(c.before)}")
+        lines.append(f"      now:    {_set(c.after)}")
+    if diff.cases_compared == 0 and diff.cells_compared:
+        lines.append("  (no case ran in both: outcomes line up only with the baseline's seed and example count)")
+    if diff.missing:
+        lines.append(f"not in this run (in the baseline): {len(diff.missing)}")
+        lines += [f"  - {m}" for m in diff.missing]
+    lines += ["", "REGRESSED: new failures since the baseline" if diff.regressed else "no regression"]
+    return "\n".join(lines)

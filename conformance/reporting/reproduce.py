@@ -1,0 +1,72 @@
+"""Standalone reproducers: a case file under the run directory and the one command that replays it."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from conformance.cases import Case, dump_case
+
+CASES_DIR = "cases"
+
+
+def case_id(case: Case) -> str:
+    """A stable name for a case: its file's content hash (same case, same id, in any run)."""
+    return hashlib.sha256(dump_case(case).encode("utf-8")).hexdigest()[:12]
+
+
+def replay_command(path: Path, *, spec: str, backend: str, implementation: str) -> str:
+    return shlex.join(
+        [
+            "netconformance",
+            "replay",
+            str(path),
+            "--spec",
+            spec,
+            "--backend",
+            backend,
+            "--implementation",
+            implementation,
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class SavedCase:
+    """A case written for replay, and how to replay it."""
+
+    path: Path  # as the run directory was given (relative paths stay relative, like the CLI prints them)
+    case_id: str
+    commands: tuple[str, ...]  # one per backend that should be asked
+
+    @property
+    def relative(self) -> str:
+        """The path inside the run directory, for links from index.html."""
+        return f"{CASES_DIR}/{self.path.name}"
+
+
+def save_case(run_dir: Path, case: Case, stem: str) -> tuple[Path, str]:
+    cid = case_id(case)
+    path = run_dir / CASES_DIR / f"{stem}-{cid}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_case(case), encoding="utf-8")
+    return path, cid
+
+
+def save_failure_case(run_dir: Path, case: Case, *, spec: str, backend: str, implementation: str) -> SavedCase:
+    path, cid = save_case(run_dir, case, f"{spec}-{implementation}-{backend}")
+    return SavedCase(path, cid, (replay_command(path, spec=spec, backend=backend, implementation=implementation),))
+
+
+def save_disagreement_case(
+    run_dir: Path, case: Case, *, predictor: str, backend: str, implementation: str, spec: str = "connectivity"
+) -> SavedCase:
+    # There is no replay command for a comparison: replaying on each backend prints every
+    # probe's outcomes side by side; the spec only has to accept the case's probes.
+    path, cid = save_case(run_dir, case, f"compare-{implementation}-{predictor}-{backend}")
+    commands = tuple(
+        replay_command(path, spec=spec, backend=b, implementation=implementation) for b in (predictor, backend)
+    )
+    return SavedCase(path, cid, commands)

@@ -1,0 +1,303 @@
+"""The netns backend against the simulator, and its promise to leave nothing behind.
+
+Needs root (skipped otherwise, with the preflight's reason); fails instead
+when NETCONFORMANCE_REQUIRE_BACKENDS names "netns". The unit tests at the
+end need no privileges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from backends import BackendUnavailable
+from backends.netns import NetnsBackend, cleanup, records
+from backends.netns.build import is_device_sysctl, restore_text, table_blocks
+from backends.sim import SimBackend
+from conformance.dataplane import Dataplane
+from conformance.implementations import get_implementation
+from conformance.loader import load_scenario
+from conformance.model import Scenario, ServicePort
+from conformance.probes import Observation, Outcome, Probe
+from conformance.strategies import classic_scenario
+
+REPO = Path(__file__).resolve().parent.parent
+POLICIES = REPO / "tests" / "scenarios" / "policies.yaml"
+
+
+def _required() -> bool:
+    wanted = os.environ.get("NETCONFORMANCE_REQUIRE_BACKENDS", "")
+    return "netns" in {name.strip() for name in wanted.split(",")}
+
+
+@pytest.fixture(scope="module")
+def privileged() -> None:
+    try:
+        NetnsBackend().preflight()
+    except BackendUnavailable as e:
+        if _required():
+            pytest.fail(f"netns backend required but unavailable: {e}")
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def backend(privileged: None) -> Iterator[NetnsBackend]:
+    b = NetnsBackend()
+    yield b
+    b.teardown()
+
+
+def _sim(dataplane: Dataplane, probes: list[Probe]) -> list[Observation]:
+    sim = SimBackend()
+    sim.deploy(dataplane)
+    return sim.observe(probes)
+
+
+def _run(backend: NetnsBackend, dataplane: Dataplane, probes: list[Probe]) -> list[Outcome]:
+    backend.deploy(dataplane)
+    backend.reset()
+    observations = backend.observe(probes)
+    for obs in observations:
+        assert not obs.exact and len(obs.outcomes) == 1 and obs.outcomes[0][1] == 1.0
+    return [obs.outcomes[0][0] for obs in observations]
+
+
+def _assert_like_sim(dataplane: Dataplane, probes: list[Probe], samples: list[Outcome]) -> None:
+    bad = []
+    for expected, sample in zip(_sim(dataplane, probes), samples, strict=True):
+        if sample not in expected.possible:
+            bad.append(f"{expected.probe}: kernel {sample.summary()} [{sample.reason}]; sim {expected.describe()}")
+    assert not bad, f"{dataplane.implementation}:\n" + "\n".join(bad)
+
+
+def classic_with_node_port() -> Scenario:
+    """The classic scenario, its Service also exposed as NodePort 30080 (TCP and UDP)."""
+    scenario = classic_scenario()
+    svc = scenario.services[0]
+    ports = tuple(dataclasses.replace(p, node_port=30080) for p in svc.ports)
+    return dataclasses.replace(scenario, services=(dataclasses.replace(svc, ports=ports, type="NodePort"),))
+
+
+A, B, SVC, NODE = (IPv4Address(a) for a in ("10.244.1.10", "10.244.1.11", "10.96.0.100", "172.18.0.2"))
+POD_A, POD_B = "pod:default/pod-a", "pod:default/pod-b"
+CLASSIC_PROBES = [
+    Probe(POD_A, B, 8080, "TCP"),  # pod -> pod
+    Probe(POD_A, B, 8080, "UDP"),
+    Probe(POD_A, SVC, 80, "TCP"),  # pod -> ClusterIP
+    Probe(POD_A, SVC, 80, "UDP"),
+    Probe(POD_B, SVC, 80, "TCP"),  # hairpin
+    Probe(POD_B, SVC, 80, "UDP"),
+    Probe(POD_A, B, 9999, "TCP"),  # closed port
+    Probe(POD_A, B, 9999, "UDP"),
+    Probe("node:node-1", B, 8080, "TCP"),  # node -> pod
+    Probe("node:node-1", B, 8080, "UDP"),
+    Probe("external", NODE, 30080, "TCP"),  # external -> NodePort
+    Probe("external", NODE, 30080, "UDP"),
+    Probe(POD_A, SVC, 81, "TCP"),  # a port the Service lacks
+]
+
+
+@pytest.mark.parametrize("implementation", ["reference", "hairpin-mode-off", "bridge-nf-off"])
+def test_classic_matches_simulator(backend: NetnsBackend, implementation: str) -> None:
+    dataplane = get_implementation(implementation).render(classic_with_node_port())
+    samples = _run(backend, dataplane, CLASSIC_PROBES)
+    _assert_like_sim(dataplane, CLASSIC_PROBES, samples)
+    if implementation == "reference":
+        delivered = {o.verdict for o in samples[:6] + samples[8:12]}
+        assert delivered == {"delivered"}, samples
+        hairpin = samples[4]
+        assert hairpin.served_by == "default/pod-b" and hairpin.server_saw == IPv4Address("10.244.1.1")
+        assert samples[6].verdict == "refused" and samples[7].verdict == "refused"
+
+
+@pytest.mark.parametrize("broken", ["hairpin-mode-off", "bridge-nf-off"])
+def test_broken_differs_where_simulator_says(backend: NetnsBackend, broken: str) -> None:
+    scenario = classic_with_node_port()
+    good, bad = (get_implementation(name).render(scenario) for name in ("reference", broken))
+    sim_good, sim_bad = _sim(good, CLASSIC_PROBES), _sim(bad, CLASSIC_PROBES)
+    kernel_good, kernel_bad = _run(backend, good, CLASSIC_PROBES), _run(backend, bad, CLASSIC_PROBES)
+    differing = 0
+    for sg, sb, kg, kb in zip(sim_good, sim_bad, kernel_good, kernel_bad, strict=True):
+        if not set(sg.possible) & set(sb.possible):  # the sim says: always different
+            assert kg != kb, f"{sg.probe}: {broken} should differ from reference"
+            differing += 1
+        elif set(sg.possible) == set(sb.possible) and len(sg.possible) == 1:
+            assert kg == kb, f"{sg.probe}: {broken} should behave like reference"
+    assert differing, f"the simulator predicts no difference for {broken}"
+
+
+def _root_snapshot() -> dict[str, str]:
+    def run(*cmd: str) -> str:
+        return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+
+    def rules(cmd: str) -> str:  # without the timestamp comments and counters
+        out = run(cmd)
+        return "\n".join(line.split(" [")[0] for line in out.splitlines() if not line.startswith("#"))
+
+    return {
+        "links": run("ip", "-o", "link", "show"),
+        "addresses": run("ip", "-o", "addr", "show"),
+        "routes": run("ip", "route", "show", "table", "all"),
+        "rules": run("ip", "rule", "show"),
+        "netns": run("ip", "netns", "list"),
+        "iptables-legacy": rules("iptables-legacy-save"),
+        "sysctls": "".join(
+            Path("/proc/sys", *key.split(".")).read_text()
+            for key in ("net.ipv4.ip_forward", "net.ipv4.icmp_ratelimit", "net.bridge.bridge-nf-call-iptables")
+        ),
+    }
+
+
+def test_root_namespace_unchanged(privileged: None) -> None:
+    before = _root_snapshot()
+    b = NetnsBackend()
+    try:
+        _run(b, get_implementation("reference").render(classic_with_node_port()), CLASSIC_PROBES[:4])
+        during = _root_snapshot()
+        record = json.loads((records.STATE_DIR / f"{b.run_id}.json").read_text())
+        assert all(name.startswith(f"nc-{b.run_id}-") for name in record["netns"])
+        assert len(record["netns"]) == 5
+    finally:
+        b.teardown()
+    b.teardown()  # safe twice
+    after = _root_snapshot()
+    assert {k: v for k, v in during.items() if k != "netns"} == {k: v for k, v in before.items() if k != "netns"}
+    assert all(
+        f"nc-{b.run_id}-" in line for line in set(during["netns"].splitlines()) - set(before["netns"].splitlines())
+    )
+    assert after == before
+    assert not (records.STATE_DIR / f"{b.run_id}.json").exists()
+
+
+CHILD = """
+import os, signal, sys
+from backends.netns import NetnsBackend
+from conformance.implementations import get_implementation
+from conformance.strategies import classic_scenario
+b = NetnsBackend()
+b.deploy(get_implementation("reference").render(classic_scenario()))
+print(b.run_id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_cleanup_after_sigkill(privileged: None) -> None:
+    child = subprocess.run([sys.executable, "-c", CHILD], cwd=REPO, capture_output=True, text=True, check=False)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    run_id = child.stdout.strip()
+    prefix = f"nc-{run_id}-"
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert sum(prefix in line for line in listed.splitlines()) == 5  # atexit never ran
+    deleted = cleanup()
+    assert sum(name.startswith(prefix) for name in deleted) == 5
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert prefix not in listed
+    assert not (records.STATE_DIR / f"{run_id}.json").exists()
+    assert not (records.STATE_DIR / run_id).exists()
+    assert cleanup(run_id) == []
+
+
+def _policy_probes() -> list[Probe]:
+    web, db, svc, node1, node2 = (
+        IPv4Address(a) for a in ("10.244.1.10", "10.244.2.10", "10.96.0.10", "172.18.0.2", "172.18.0.3")
+    )
+    return [
+        Probe("pod:other/client", web, 8080, "TCP"),
+        Probe("pod:other/client", svc, 80, "TCP"),
+        Probe("pod:default/web", db, 5432, "TCP"),
+        Probe("pod:default/db", web, 8080, "TCP"),
+        Probe("external", node1, 30080, "TCP"),
+        Probe("external", node2, 30080, "TCP"),
+        Probe("node:node-2", svc, 80, "TCP"),
+        Probe("pod:default/web", svc, 80, "TCP"),
+    ]
+
+
+def test_rules_swap_behaves_like_fresh_deploy(backend: NetnsBackend) -> None:
+    scenario = load_scenario(POLICIES)
+    no_policies = dataclasses.replace(scenario, policies=())
+    sequence = [
+        get_implementation("reference").render(scenario),
+        get_implementation("policy-before-dnat").render(scenario),  # adds a mangle table
+        get_implementation("reference").render(scenario),  # ... which must go again
+        get_implementation("reference").render(no_policies),  # only the filter table changes
+        get_implementation("etp-local-masquerade").render(scenario),
+    ]
+    probes = _policy_probes()
+    fresh = NetnsBackend(reuse=False)
+    try:
+        backend.deploy(sequence[0])
+        swaps = backend.swaps
+        for dataplane in sequence:
+            reused = _run(backend, dataplane, probes)
+            _assert_like_sim(dataplane, probes, reused)
+            assert reused == _run(fresh, dataplane, probes), dataplane.implementation
+        assert backend.swaps - swaps == len(sequence)
+    finally:
+        fresh.teardown()
+
+
+def test_sctp_probe_is_refused_loudly(backend: NetnsBackend) -> None:
+    backend.deploy(get_implementation("reference").render(classic_scenario()))
+    with pytest.raises(NotImplementedError):
+        backend.observe([Probe(POD_A, B, 8080, "SCTP")])
+
+
+# -- no privileges needed ------------------------------------------------------------
+
+
+def test_restore_text_sends_changed_tables_and_empties_removed_ones() -> None:
+    old = "*mangle\n:PREROUTING DROP [0:0]\n-A PREROUTING -j DROP\nCOMMIT\n*nat\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+    new = "*nat\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n"
+    text = restore_text(old, new)
+    assert list(table_blocks(text)) == ["filter", "mangle"]  # nat unchanged: not sent
+    assert "-A" not in table_blocks(text)["mangle"] and ":PREROUTING ACCEPT" in text
+    assert restore_text(new, new) == ""
+
+
+def test_device_sysctls_are_told_apart() -> None:
+    assert is_device_sysctl("net.ipv4.conf.eth0.accept_local")
+    assert not is_device_sysctl("net.ipv4.conf.all.accept_local")
+    assert not is_device_sysctl("net.ipv4.conf.default.rp_filter")
+    assert not is_device_sysctl("net.ipv4.ip_forward")
+    assert not is_device_sysctl("net.bridge.bridge-nf-call-iptables")
+
+
+def test_probe_timeout_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NETCONFORMANCE_PROBE_TIMEOUT", "0.25")
+    assert NetnsBackend().probe_timeout == 0.25
+    assert NetnsBackend(probe_timeout=1.0).probe_timeout == 1.0
+    monkeypatch.delenv("NETCONFORMANCE_PROBE_TIMEOUT")
+    assert NetnsBackend().probe_timeout == 0.5
+
+
+def test_cleanup_refuses_a_record_aimed_elsewhere(tmp_path: Path) -> None:
+    record = records.RunRecord("0badc0de", pid=1, pid_start=None, netns=["nc-12345678-pod"])
+    record.save(tmp_path)
+    with pytest.raises(ValueError):
+        records.cleanup(state_dir=tmp_path)
+
+
+def test_node_port_variant_is_valid() -> None:
+    svc = classic_with_node_port().services[0]
+    assert svc.type == "NodePort" and all(isinstance(p, ServicePort) and p.node_port == 30080 for p in svc.ports)
+
+
+def test_preflight_says_exactly_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(BackendUnavailable, match=r"needs root .* running as uid 1000"):
+        NetnsBackend().preflight()
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr("backends.netns._effective_caps", lambda: (1 << 12) | (1 << 21))
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(BackendUnavailable, match=r"iptables-legacy-restore not found .* Debian package 'iptables'"):
+        NetnsBackend().preflight()

@@ -1,0 +1,488 @@
+"""Run reports: results.json, JUnit XML, index.html (checked in a real headless browser), baseline diffs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backends.sim import SimBackend
+from conformance import cli
+from conformance.cases import Case, load_case, parse_case
+from conformance.compare import CompareResult, Disagreement, Distribution
+from conformance.implementations import get_implementation
+from conformance.probes import Observation, Outcome
+from conformance.reporting import (
+    RunMeta,
+    RunReport,
+    compare_with_baseline,
+    register,
+    render_diff,
+    write_run,
+)
+from conformance.reporting.document import FORMAT
+from conformance.reporting.reproduce import case_id
+from conformance.runner import SpecResult, replay, run_spec
+from conformance.specs import get_spec
+
+CHROMIUM = Path("/usr/bin/chromium")
+REQUIRE_BROWSER = "NETCONFORMANCE_REQUIRE_BROWSER"
+BASELINE = Path(__file__).resolve().parent.parent / "reports" / "baselines" / "sim-reference.json"
+SEED = 1
+EXAMPLES = 20
+
+
+@dataclass
+class KnownRun:
+    report: RunReport
+    results: list[SpecResult]
+    comparison: CompareResult
+
+    @property
+    def broken(self) -> SpecResult:
+        return self.results[1]
+
+    def doc(self) -> Any:
+        return json.loads(self.report.results_json.read_text(encoding="utf-8"))
+
+
+def _hairpin(impl: str) -> SpecResult:
+    return run_spec(get_spec("hairpin"), SimBackend(), get_implementation(impl), examples=EXAMPLES, seed=SEED)
+
+
+def _comparison(case: Case) -> CompareResult:
+    """A disagreement as a real backend would report one: a sample the simulator did not predict."""
+    sim = SimBackend()
+    sim.deploy(get_implementation("reference").render(case.scenario))
+    predicted = sim.observe(case.probes[:1])[0]
+    sample = Outcome("refused", reason="RST from 10.244.1.11")
+    observed = Observation(predicted.probe, ((sample, 1.0),), exact=False)
+    d = Disagreement(case, predicted.probe, "sim", "netns", predicted, observed, "reference")
+    spread = Distribution(
+        predicted.probe,
+        predicted={"default/pod-b": 0.5, "default/pod-c": 0.5},
+        observed={"default/pod-b": 30, "default/pod-c": 26, "dropped": 4},
+        backend="netns",
+    )
+    return CompareResult(("sim", "netns"), "reference", 12, 1.5, SEED, disagreement=d, distributions=[spread])
+
+
+@pytest.fixture(scope="module")
+def known(tmp_path_factory: pytest.TempPathFactory) -> KnownRun:
+    meta = RunMeta.begin(["run", "--spec", "hairpin", "--seed", str(SEED)], seed=SEED, examples=EXAMPLES)
+    results = [_hairpin("reference"), _hairpin("hairpin-mode-off")]
+    assert results[0].passed and results[1].failure is not None  # the premise of every test here
+    comparison = _comparison(results[1].failure.case)
+    run_dir = tmp_path_factory.mktemp("runs") / "20260101-000000-abcdef"
+    report = write_run(run_dir, results=results, comparisons=[comparison], meta=meta)
+    return KnownRun(report, results, comparison)
+
+
+# results.json ---------------------------------------------------------------------------------------------------------
+
+
+def test_results_json_records_every_example(known: KnownRun) -> None:
+    doc = known.doc()
+    assert doc["format"] == FORMAT
+    run = doc["run"]
+    assert run["id"] == "20260101-000000-abcdef"
+    assert run["command"] == ["netconformance", "run", "--spec", "hairpin", "--seed", str(SEED)]
+    assert run["seeds"] == [SEED] and run["seed_requested"] == SEED
+    assert set(run["versions"]) == {"python", "netconformance", "hypothesis", "kernel", "iptables"}
+    assert run["versions"]["kernel"] == os.uname().release
+    assert datetime.fromisoformat(run["finished"]) >= datetime.fromisoformat(run["started"])
+
+    ref, broken = doc["results"]
+    assert (ref["spec"], ref["backend"], ref["implementation"], ref["status"]) == (
+        "hairpin",
+        "sim",
+        "reference",
+        "pass",
+    )
+    assert ref["failure"] is None and ref["violations"] == []
+    assert len(ref["records"]) == ref["examples"] == known.results[0].examples
+    for rec, original in zip(ref["records"], known.results[0].records, strict=True):
+        assert rec["verdict"] == "pass" and rec["violations"] == []
+        case = parse_case(rec["scenario"], source="results.json")  # the scenario is the case file's text
+        assert case == original.case and rec["case_id"] == case_id(case)
+        assert [p["destination"] for p in rec["probes"]] == [str(p.dst) for p in case.probes]
+        for obs in rec["observations"]:
+            assert sum(o["p"] for o in obs["outcomes"]) == pytest.approx(1.0)
+            assert all("trace" not in o for o in obs["outcomes"])  # traces only where someone reads them
+
+    assert (broken["implementation"], broken["status"]) == ("hairpin-mode-off", "FAIL")
+    assert known.broken.failure is not None
+    assert broken["violations"] == known.broken.failure.violations
+    assert broken["records"][-1]["verdict"] == "fail"  # Hypothesis ends on the minimal case
+    failure = broken["failure"]
+    assert failure["case_id"] == case_id(known.broken.failure.case)
+    assert Path(failure["case_file"]).is_file()
+    assert failure["reproduce"] == known.report.reproducer(known.broken)
+    dropped = [o for obs in failure["observations"] for o in obs["outcomes"] if o["verdict"] == "dropped"]
+    assert dropped and all(o["trace"] for o in dropped) and "hairpin mode is off" in dropped[0]["reason"]
+
+    (comparison,) = doc["comparisons"]
+    assert comparison["status"] == "FAIL" and comparison["backends"] == ["sim", "netns"]
+    assert comparison["disagreement"]["observed"]["outcomes"][0]["verdict"] == "refused"
+    assert comparison["distributions"][0]["observed"]["dropped"] == 4
+
+
+def test_reproducer_command_replays_the_failure(known: KnownRun, capsys: pytest.CaptureFixture[str]) -> None:
+    command = known.report.reproducer(known.broken)
+    assert command is not None and known.report.reproducer(known.results[0]) is None
+    argv = shlex.split(command)
+    assert argv[:2] == ["netconformance", "replay"]
+    assert cli.main(argv[1:]) == 1  # exactly what a person would paste, through the real CLI
+    assert "hairpin mode is off" in capsys.readouterr().out
+    # The same case holds on the reference: the failure belongs to the implementation.
+    _, violations = replay(get_spec("hairpin"), load_case(argv[2]), SimBackend(), get_implementation("reference"))
+    assert violations == []
+
+
+# JUnit ----------------------------------------------------------------------------------------------------------------
+
+
+def test_junit_xml_counts_and_failures(known: KnownRun) -> None:
+    assert set(known.report.junit) == {"sim", "netns"}
+    root = ET.parse(known.report.junit["sim"]).getroot()
+    assert root.tag == "testsuites"
+    (suite,) = root.findall("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("2", "1", "0")
+    assert root.get("tests") == "2" and root.get("failures") == "1"
+    cases = {(tc.get("classname"), tc.get("name")): tc for tc in suite.findall("testcase")}
+    assert set(cases) == {
+        ("netconformance.sim.reference", "hairpin"),
+        ("netconformance.sim.hairpin-mode-off", "hairpin"),
+    }
+    ok = cases[("netconformance.sim.reference", "hairpin")]
+    assert ok.find("failure") is None and ok.find("error") is None
+    bad = cases[("netconformance.sim.hairpin-mode-off", "hairpin")]
+    failure = bad.find("failure")
+    assert failure is not None and known.broken.failure is not None
+    assert failure.get("message", "").startswith(known.broken.failure.violations[0])
+    assert all(v in (failure.text or "") for v in known.broken.failure.violations)
+    assert f"reproduce: {known.report.reproducer(known.broken)}" in (bad.findtext("system-out") or "")
+    assert float(bad.get("time", "-1")) >= 0
+    props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert props["seeds"] == str(SEED) and props["version.kernel"] == os.uname().release
+
+    netns = ET.parse(known.report.junit["netns"]).getroot().find("testsuite")
+    assert netns is not None and (netns.get("tests"), netns.get("failures")) == ("1", "1")
+    (tc,) = netns.findall("testcase")
+    assert tc.get("name") == "agrees with sim" and tc.find("failure") is not None
+    assert "netconformance replay" in (tc.findtext("system-out") or "")
+
+
+# index.html -----------------------------------------------------------------------------------------------------------
+
+
+def test_html_is_self_contained(known: KnownRun) -> None:
+    html = known.report.html.read_text(encoding="utf-8")
+    assert "<script" not in html.lower()
+    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html
+    assert "<link" not in html and " src=" not in html
+
+
+def test_html_has_no_plot_without_distributions(tmp_path: Path, known: KnownRun) -> None:
+    meta = RunMeta(datetime.now(UTC), ("netconformance", "run"))
+    report = write_run(tmp_path / "run", results=known.results[:1], meta=meta)
+    html = report.html.read_text(encoding="utf-8")
+    assert "<svg" not in html and "every spec held" in html
+    assert set(report.junit) == {"sim"}
+
+
+@dataclass
+class Node:
+    tag: str
+    attrs: dict[str, str]
+    children: list[Node] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        return "".join(self.parts + [c.text() for c in self.children])
+
+    def iter(self, tag: str | None = None, **attrs: str) -> list[Node]:
+        found = [self] if (tag is None or self.tag == tag) and _has(self, attrs) else []
+        for c in self.children:
+            found += c.iter(tag, **attrs)
+        return found
+
+    def classes(self) -> set[str]:
+        return set(self.attrs.get("class", "").split())
+
+
+def _has(node: Node, attrs: dict[str, str]) -> bool:
+    for name, want in attrs.items():
+        key = name.replace("_", "-")
+        if key == "class":
+            if want not in node.classes():
+                return False
+        elif node.attrs.get(key) != want:
+            return False
+    return True
+
+
+VOID_ELEMENTS = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"})
+
+
+class DomBuilder(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.root = Node("#document", {})
+        self.stack = [self.root]
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        node = Node(tag, {k: v or "" for k, v in attrs})
+        self.stack[-1].children.append(node)
+        if tag not in VOID_ELEMENTS:
+            self.stack.append(node)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.stack[-1].children.append(Node(tag, {k: v or "" for k, v in attrs}))
+
+    def handle_endtag(self, tag: str) -> None:
+        for i in range(len(self.stack) - 1, 0, -1):
+            if self.stack[i].tag == tag:
+                del self.stack[i:]
+                return
+
+    def handle_data(self, data: str) -> None:
+        self.stack[-1].parts.append(data)
+
+
+def _chromium() -> Path:
+    if not os.access(CHROMIUM, os.X_OK):
+        reason = f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) to check index.html"
+        if os.environ.get(REQUIRE_BROWSER) == "1":
+            pytest.fail(f"{reason}; {REQUIRE_BROWSER}=1 requires the browser check", pytrace=False)
+        pytest.skip(reason)
+    return CHROMIUM
+
+
+def _chromium_run(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    argv = [
+        str(_chromium()),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        *extra,
+        page.resolve().as_uri(),
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, f"chromium failed ({done.returncode}): {done.stderr[-2000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def dom(known: KnownRun, tmp_path_factory: pytest.TempPathFactory) -> Node:
+    """index.html as the browser built it (--dump-dom serializes the live DOM after parsing and layout)."""
+    done = _chromium_run(known.report.html, tmp_path_factory.mktemp("chromium"), "--dump-dom")
+    builder = DomBuilder()
+    builder.feed(done.stdout)
+    assert builder.root.iter("body"), f"no body in the browser's DOM: {done.stdout[:500]}"
+    return builder.root
+
+
+def _cell(dom: Node, spec: str, backend: str, implementation: str) -> Node:
+    (cell,) = dom.iter("td", data_spec=spec, data_backend=backend, data_implementation=implementation)
+    return cell
+
+
+def test_browser_matrix_cells(dom: Node) -> None:
+    (matrix,) = dom.iter("table", **{"class": "matrix"})
+    broken = _cell(matrix, "hairpin", "sim", "hairpin-mode-off")
+    assert broken.iter("span", **{"class": "status"})[0].text() == "FAIL" and "FAIL" in broken.classes()
+    (link,) = broken.iter("a")
+    assert link.attrs["href"] == "#f-hairpin-sim-hairpin-mode-off"  # the cell leads to its failure
+    ref = _cell(matrix, "hairpin", "sim", "reference")
+    assert ref.iter("span", **{"class": "status"})[0].text() == "pass" and "pass" in ref.classes()
+    assert f"{EXAMPLES + 1} ex" in ref.text()  # explicit example plus the generated ones
+    assert len(matrix.iter("td", **{"class": "cell"})) == 2
+
+
+def test_browser_failure_section_has_the_reproducer(dom: Node, known: KnownRun) -> None:
+    (article,) = dom.iter("article", id="f-hairpin-sim-hairpin-mode-off")
+    (box,) = article.iter("div", **{"class": "reproduce"})
+    assert [c.text() for c in box.iter("code")] == [known.report.reproducer(known.broken)]
+    (link,) = box.iter("a")
+    assert (known.report.run_dir / link.attrs["href"]).is_file()  # relative link to the saved case
+    scenario = article.iter("pre")[-1].text()
+    assert known.broken.failure is not None
+    assert parse_case(scenario, source="index.html") == known.broken.failure.case
+    assert any("hairpin mode is off" in li.text() for li in article.iter("li"))
+    assert any("DNAT" in pre.text() for pre in article.iter("pre"))  # the trace is shown
+
+
+def test_browser_disagreement_side_by_side(dom: Node) -> None:
+    (article,) = dom.iter("article", **{"class": "disagreement"})
+    (predicted,) = article.iter("div", **{"class": "predicted"})
+    (observed,) = article.iter("div", **{"class": "observed"})
+    assert "delivered by default/pod-b" in predicted.text() and "PREROUTING" in predicted.text()
+    assert "refused" in observed.text() and "RST from 10.244.1.11" in observed.text()
+    assert len(article.iter("div", **{"class": "reproduce"})[0].iter("code")) == 2  # one replay per backend
+
+
+def test_browser_distribution_plot(dom: Node) -> None:
+    (section,) = dom.iter("section", id="distributions")
+    (svg,) = section.iter("svg")
+    assert "distribution" in svg.classes()
+    assert len(svg.iter("rect", **{"class": "predicted"})) == 3
+    assert len(svg.iter("rect", **{"class": "observed"})) == 3
+    (unexpected,) = svg.iter("text", **{"class": "unexpected"})
+    assert "dropped" in unexpected.text()  # observed, never predicted: flagged
+
+
+def test_browser_screenshot(known: KnownRun, tmp_path: Path) -> None:
+    shot = known.report.run_dir / "screenshot.png"
+    _chromium_run(known.report.html, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,1600")
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a page with content, not a blank one
+
+
+# baselines ------------------------------------------------------------------------------------------------------------
+
+
+def _relabelled(r: SpecResult, implementation: str) -> SpecResult:
+    """The same results under another implementation name: what a regression in that implementation looks like."""
+    failure = None if r.failure is None else replace(r.failure, implementation=implementation)
+    return replace(r, implementation=implementation, failure=failure)
+
+
+def test_baseline_diff_new_failure_fix_and_changed_outcome(known: KnownRun, tmp_path: Path) -> None:
+    meta = RunMeta(datetime.now(UTC), ("netconformance", "run"))
+    good = write_run(tmp_path / "good", results=known.results[:1], meta=meta).results_json
+    bad = write_run(tmp_path / "bad", results=[_relabelled(known.broken, "reference")], meta=meta).results_json
+
+    diff = compare_with_baseline(bad, good)
+    assert diff.regressed
+    (new,) = diff.new_failures
+    assert (new.spec, new.backend, new.implementation, new.before, new.after) == (
+        "hairpin",
+        "sim",
+        "reference",
+        "pass",
+        "FAIL",
+    )
+    assert diff.fixes == ()
+    assert known.broken.failure is not None
+    minimal = case_id(known.broken.failure.case)
+    changed = [c for c in diff.changed_outcomes if c.case_id == minimal]
+    assert changed and diff.cases_compared >= 1
+    tcp = next(c for c in changed if c.probe.endswith("/TCP"))
+    assert tcp.after == {"dropped"} and all(k.startswith("delivered by default/pod-b") for k in tcp.before)
+    assert (tcp.verdict_before, tcp.verdict_after) == ("pass", "fail")
+    text = render_diff(diff)
+    assert "new failures: 1" in text and "REGRESSED" in text and minimal in text
+
+    back = compare_with_baseline(good.parent, bad.parent)  # run directories work as well as files
+    assert not back.regressed and back.new_failures == ()
+    (fix,) = back.fixes
+    assert (fix.before, fix.after) == ("FAIL", "pass")
+    assert {c.case_id for c in back.changed_outcomes} == {c.case_id for c in diff.changed_outcomes}
+    assert "no regression" in render_diff(back)
+
+    same = compare_with_baseline(good, good)
+    assert not same.regressed and same.changed_outcomes == () and same.cases_compared > 10
+
+
+def _cell_row(spec: str, implementation: str, status: str) -> dict[str, Any]:
+    return {
+        "spec": spec,
+        "backend": "sim",
+        "implementation": implementation,
+        "status": status,
+        "violations": ["v"] if status == "FAIL" else [],
+        "error": "E" if status == "ERROR" else None,
+        "records": [],
+    }
+
+
+def _results_file(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text(json.dumps({"format": FORMAT, "run": {}, "results": rows, "comparisons": []}), encoding="utf-8")
+    return path
+
+
+def test_baseline_diff_status_rules(tmp_path: Path) -> None:
+    baseline = _results_file(
+        tmp_path / "base.json",
+        [
+            _cell_row("hairpin", "hairpin-mode-off", "FAIL"),  # still failing: not new
+            _cell_row("dnat", "reference", "pass"),  # now an ERROR: new
+            _cell_row("policy", "reference", "pass"),  # not run now: listed, not a regression
+        ],
+    )
+    run = _results_file(
+        tmp_path / "run.json",
+        [
+            _cell_row("hairpin", "hairpin-mode-off", "FAIL"),
+            _cell_row("dnat", "reference", "ERROR"),
+            _cell_row("connectivity", "reference", "FAIL"),  # unknown to the baseline: new
+            _cell_row("accept-local", "reference", "pass"),  # unknown and passing: nothing to say
+        ],
+    )
+    diff = compare_with_baseline(run, baseline)
+    assert [(s.spec, s.before, s.after) for s in diff.new_failures] == [
+        ("dnat", "pass", "ERROR"),
+        ("connectivity", None, "FAIL"),
+    ]
+    assert diff.regressed and diff.fixes == ()
+    assert diff.missing == ("policy / sim / reference",)
+    assert "not in baseline" in render_diff(diff)
+
+
+def test_baseline_reads_the_older_flat_results(tmp_path: Path) -> None:
+    old = tmp_path / "old.json"  # what `netconformance run` wrote before this package
+    old.write_text(json.dumps([{**_cell_row("hairpin", "reference", "pass"), "seed": 7}]), encoding="utf-8")
+    run = _results_file(tmp_path / "run.json", [_cell_row("hairpin", "reference", "FAIL")])
+    diff = compare_with_baseline(run, old)
+    assert diff.regressed and diff.cases_compared == 0
+
+
+def _report(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="netconformance")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["report", *argv])
+    code: int = args.func(args)
+    return code
+
+
+def test_report_command_exit_codes(known: KnownRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    meta = RunMeta(datetime.now(UTC), ("netconformance", "run"))
+    runs = tmp_path / "runs"
+    good = write_run(runs / "20260101-000000-aaaaaa", results=known.results[:1], meta=meta)
+    bad = write_run(runs / "20260102-000000-bbbbbb", results=[_relabelled(known.broken, "reference")], meta=meta)
+
+    assert _report(["--baseline", str(good.results_json), str(good.run_dir)]) == 0
+    assert "no regression" in capsys.readouterr().out
+    # Without a run directory: the newest run under --runs (here the regressed one).
+    assert _report(["--baseline", str(good.results_json), "--runs", str(runs)]) == 1
+    assert str(bad.results_json) in capsys.readouterr().out
+    assert _report(["--baseline", str(tmp_path / "nope.json"), str(good.run_dir)]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert _report(["--baseline", str(good.results_json), "--runs", str(tmp_path / "empty")]) == 2
+
+
+def test_committed_baseline_is_a_passing_reference_run() -> None:
+    doc = json.loads(BASELINE.read_text(encoding="utf-8"))
+    assert doc["format"] == FORMAT and doc["run"]["seeds"] == [SEED]
+    cells = {(r["spec"], r["backend"], r["implementation"]): r["status"] for r in doc["results"]}
+    assert set(cells.values()) == {"pass"}
+    assert {s for s, _, _ in cells} == {"connectivity", "dnat", "hairpin", "policy", "accept-local"}
+    assert {(b, i) for _, b, i in cells} == {("sim", "reference")}
+    assert all(r["records"] for r in doc["results"])
