@@ -50,6 +50,7 @@ BackendFactory = Callable[[], Backend]
 _BUILTIN: dict[str, str] = {
     "sim": "backends.sim:SimBackend",
     "netns": "backends.netns:NetnsBackend",
+    "kind": "backends.kind:KindBackend",
 }
 
 

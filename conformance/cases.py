@@ -40,7 +40,8 @@ def parse_case(text: str, *, source: str) -> Case:
     except yaml.YAMLError as e:
         raise ScenarioError(f"{source}: not valid YAML: {e}") from None
     probe_docs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "ProbeList"]
-    rest = [d for d in docs if not (isinstance(d, dict) and d.get("kind") == "ProbeList")]
+    # Corpus files carry a CorpusEntry document about the case: not part of it.
+    rest = [d for d in docs if not (isinstance(d, dict) and d.get("kind") in ("ProbeList", "CorpusEntry"))]
     scenario = parse_scenario(yaml.safe_dump_all(rest, sort_keys=False), source=source)
     probes: list[Probe] = []
     for doc in probe_docs:

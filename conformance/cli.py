@@ -21,10 +21,12 @@ from backends import Backend, BackendUnavailable, backend_names, get_backend
 from backends.sim.iptables import RulesetError
 from backends.sim.kernel import SimError
 from conformance.cases import dump_case, load_case
-from conformance.compare import run_compare
+from conformance.compare import CompareResult, run_compare
 from conformance.implementations import IMPLEMENTATIONS, REFERENCE, broken_implementations, get_implementation
 from conformance.loader import ScenarioError
 from conformance.progress import Progress
+from conformance.reporting import RunMeta, write_run
+from conformance.reporting import register as register_report
 from conformance.runner import SpecResult, replay, run_spec, summarize
 from conformance.specs import all_specs, get_spec
 from conformance.tracing import Query, TraceError, trace
@@ -81,35 +83,6 @@ def _run_dir(base: Path) -> Path:
     return path
 
 
-def _save_failure(run_dir: Path, r: SpecResult) -> Path | None:
-    if r.failure is None:
-        return None
-    stem = f"{r.spec}-{r.implementation}-{r.backend}"
-    case_file = run_dir / "failures" / f"{stem}.yaml"
-    case_file.parent.mkdir(parents=True, exist_ok=True)
-    case_file.write_text(dump_case(r.failure.case), encoding="utf-8")
-    (run_dir / "failures" / f"{stem}.txt").write_text(r.failure.render(), encoding="utf-8")
-    return case_file
-
-
-def _write_summary(run_dir: Path, results: Sequence[SpecResult]) -> None:
-    rows = [
-        {
-            "spec": r.spec,
-            "backend": r.backend,
-            "implementation": r.implementation,
-            "status": r.status,
-            "examples": r.examples,
-            "seconds": round(r.seconds, 3),
-            "seed": r.seed,
-            "violations": r.failure.violations if r.failure else [],
-            "error": r.error,
-        }
-        for r in results
-    ]
-    (run_dir / "results.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-
-
 def _run_matrix(
     specs: Sequence[str], backends: Sequence[Backend], implementations: Sequence[str], examples: int, seed: int | None
 ) -> list[SpecResult]:
@@ -129,24 +102,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     backends = _backends(args.backend)
     specs = _specs(args.spec)
     _implementation(args.implementation)
+    meta = RunMeta.begin(args.argv, seed=args.seed, examples=args.examples)
     results = _run_matrix(specs, backends, [args.implementation], args.examples, args.seed)
     run_dir = _run_dir(Path(args.report_dir))
-    _write_summary(run_dir, results)
+    report = write_run(run_dir, results=results, meta=meta)
     for r in results:
+        for note in r.notes:
+            print(f"{r.spec} on {r.backend}: {note}")
         if r.failure is not None:
-            case_file = _save_failure(run_dir, r)
             print("\n" + r.failure.render(traces=True))
-            print(
-                f"\nreproduce: netconformance replay {case_file} --spec {r.spec} "
-                f"--backend {r.backend} --implementation {r.implementation}"
-            )
+            print(f"\nreproduce: {report.reproducer(r)}")
         elif r.error is not None:
             print(f"\n{r.spec} on {r.backend}: could not run: {r.error}")
     print("\n" + summarize(results))
     failed = [r for r in results if not r.passed]
     seeds = sorted({r.seed for r in results})
     print(
-        f"\n{len(results) - len(failed)} passed, {len(failed)} failed; seed {', '.join(map(str, seeds))}; report {run_dir}"
+        f"\n{len(results) - len(failed)} passed, {len(failed)} failed; seed {', '.join(map(str, seeds))}; "
+        f"report {report.html}"
     )
     return 1 if failed else 0
 
@@ -155,7 +128,9 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     backends = _backends(args.backend)
     specs = _specs(args.spec)
     names = [REFERENCE, *(i.name for i in broken_implementations())]
+    meta = RunMeta.begin(args.argv, seed=args.seed, examples=args.examples)
     results = _run_matrix(specs, backends, names, args.examples, args.seed)
+    report = write_run(_run_dir(Path(args.report_dir)), results=results, meta=meta)
     errors = [r for r in results if r.error]
     for r in errors:
         print(f"{r.spec} / {r.implementation} / {r.backend}: could not run: {r.error}")
@@ -193,6 +168,7 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     print(
         f"\n{caught} of {len(names) - 1} broken implementations caught per backend x {len(backends)}; problems: {bad}"
     )
+    print(f"report {report.html}")
     return 1 if bad or errors else 0
 
 
@@ -247,7 +223,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _implementation(args.implementation)
     impl = get_implementation(args.implementation)
     predictor = exact[0]
+    meta = RunMeta.begin(args.argv, seed=args.seed, examples=args.examples)
     run_dir = _run_dir(Path(args.report_dir))
+    comparisons: list[CompareResult] = []
     failed = 0
     for backend in real:
         progress = Progress(f"compare {predictor.name} vs {backend.name}", args.examples)
@@ -255,6 +233,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             r = run_compare(predictor, backend, impl, examples=args.examples, seed=args.seed, on_example=progress.step)
         finally:
             backend.teardown()
+        comparisons.append(r)
         progress.finish("agree" if r.passed else ("DISAGREE" if r.disagreement else "ERROR"))
         rate = r.examples / r.seconds if r.seconds else 0.0
         print(f"{r.examples} examples in {r.seconds:.1f}s ({rate:.1f}/s), seed {r.seed}")
@@ -268,20 +247,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
         elif r.error is not None:
             failed += 1
             print(f"could not compare: {r.error}")
+    report = write_run(run_dir, results=[], comparisons=comparisons, meta=meta)
+    print(f"report {report.html}")
     return 1 if failed else 0
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     removed: list[str] = []
+    problems = 0
     for name in backend_names():
         module = sys.modules.get(f"backends.{name}") or _import_backend_module(name)
         clean = getattr(module, "cleanup", None) if module is not None else None
-        if callable(clean):
+        if not callable(clean):
+            continue
+        try:
             removed += [f"{name}: {item}" for item in clean(args.run)]
+        except BackendUnavailable as e:
+            print(f"{name}: nothing to clean here ({e})")
+        except OSError as e:  # one backend's failure must not stop the others
+            problems += 1
+            print(f"{name}: cleanup failed: {e}", file=sys.stderr)
     for line in removed:
         print(f"removed {line}")
     print(f"cleanup: {len(removed)} object(s) removed" + (f" for run {args.run}" if args.run else ""))
-    return 0
+    return 1 if problems else 0
 
 
 def _import_backend_module(name: str) -> object | None:
@@ -327,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mut = sub.add_parser("mutants", help="every broken implementation against every spec")
     common(mut, 30)
+    mut.add_argument("--report-dir", default=str(DEFAULT_REPORT_DIR), help="where run reports go")
     mut.set_defaults(func=cmd_mutants)
 
     rep = sub.add_parser("replay", help="replay a saved case file")
@@ -360,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--run", default=None, help="only this run id (default: every recorded run)")
     cl.set_defaults(func=cmd_cleanup)
 
+    register_report(sub)
+
     ls = sub.add_parser("list", help="specs, implementations and backends")
     ls.set_defaults(func=cmd_list)
     return p
@@ -367,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         code: int = args.func(args)
         return code

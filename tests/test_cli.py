@@ -16,8 +16,9 @@ def test_run_reference_passes_and_writes_results(tmp_path: Path, capsys: pytest.
     assert code == 0
     assert "1 passed, 0 failed; seed 5" in out
     (run_dir,) = tmp_path.iterdir()
-    (row,) = json.loads((run_dir / "results.json").read_text())
+    (row,) = json.loads((run_dir / "results.json").read_text())["results"]
     assert (row["spec"], row["implementation"], row["status"]) == ("hairpin", "reference", "pass")
+    assert (run_dir / "index.html").is_file() and (run_dir / "junit-sim.xml").is_file()
     assert row["examples"] >= 20
 
 
@@ -40,7 +41,7 @@ def test_run_broken_fails_with_a_reproducer_that_replays(tmp_path: Path, capsys:
     out = capsys.readouterr().out
     assert code == 1
     assert "hairpin mode is off" in out  # the trace says why
-    case = next(tmp_path.glob("*/failures/hairpin-hairpin-mode-off-sim.yaml"))
+    case = next(tmp_path.glob("*/cases/hairpin-hairpin-mode-off-sim-*.yaml"))
     assert f"reproduce: netconformance replay {case}" in out
     # The saved minimal case fails the same way when replayed, and passes on the reference.
     assert main(["replay", str(case), "--spec", "hairpin", "--implementation", "hairpin-mode-off"]) == 1

@@ -40,7 +40,10 @@ def _required() -> bool:
 
 
 @pytest.fixture(scope="module")
-def privileged() -> None:
+def privileged(request: pytest.FixtureRequest) -> None:
+    chosen = {n.strip() for n in str(request.config.getoption("--backend")).split(",")}
+    if "netns" not in chosen and not _required():
+        pytest.skip("the netns backend is not selected (run with --backend netns)")
     try:
         NetnsBackend().preflight()
     except BackendUnavailable as e:
@@ -170,10 +173,13 @@ def test_root_namespace_unchanged(privileged: None) -> None:
         b.teardown()
     b.teardown()  # safe twice
     after = _root_snapshot()
-    assert {k: v for k, v in during.items() if k != "netns"} == {k: v for k, v in before.items() if k != "netns"}
-    assert all(
-        f"nc-{b.run_id}-" in line for line in set(during["netns"].splitlines()) - set(before["netns"].splitlines())
-    )
+    # Other runs (another pytest, a CLI run) may add or remove their own
+    # namespaces meanwhile: judge `ip netns list` by this run's names only.
+    ours = f"nc-{b.run_id}-"
+    assert sum(line.startswith(ours) for line in during.pop("netns").splitlines()) == 5
+    assert not any(line.startswith(ours) for line in after.pop("netns").splitlines())
+    before.pop("netns")
+    assert during == before
     assert after == before
     assert not (records.STATE_DIR / f"{b.run_id}.json").exists()
 
@@ -198,7 +204,8 @@ def test_cleanup_after_sigkill(privileged: None) -> None:
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert sum(prefix in line for line in listed.splitlines()) == 5  # atexit never ran
     deleted = cleanup()
-    assert sum(name.startswith(prefix) for name in deleted) == 5
+    # 5, unless a concurrent run's cleanup() got to this dead run first.
+    assert sum(name.startswith(prefix) for name in deleted) in (0, 5)
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert prefix not in listed
     assert not (records.STATE_DIR / f"{run_id}.json").exists()

@@ -201,6 +201,17 @@ def test_html_has_no_plot_without_distributions(tmp_path: Path, known: KnownRun)
     assert set(report.junit) == {"sim"}
 
 
+def test_comparisons_only_run(tmp_path: Path, known: KnownRun) -> None:
+    meta = RunMeta(datetime.now(UTC), ("netconformance", "compare"))
+    report = write_run(tmp_path / "run", results=[], comparisons=[known.comparison], meta=meta)
+    assert set(report.junit) == {"netns"} and set(report.disagreements) == {("sim", "netns", "reference")}
+    (saved,) = report.disagreements.values()
+    assert known.comparison.disagreement is not None
+    assert load_case(saved.path) == known.comparison.disagreement.case
+    html = report.html.read_text(encoding="utf-8")
+    assert "comparisons only" in html and 'class="distribution"' in html
+
+
 @dataclass
 class Node:
     tag: str

@@ -19,6 +19,8 @@ MUTANT_EXAMPLES = 30
 def test_reference_satisfies_spec(spec_name: str, nc_backend: Backend, nc_examples: int, nc_seed: int | None) -> None:
     r = run_spec(all_specs()[spec_name], nc_backend, get_implementation(REFERENCE), examples=nc_examples, seed=nc_seed)
     assert r.error is None, r.error
+    if r.examples == 0 and r.notes:
+        pytest.skip("; ".join(r.notes))
     assert r.failure is None, r.failure.render()
     assert r.examples >= min(nc_examples, 100)
 
@@ -27,6 +29,8 @@ _matrix: dict[tuple[str, str], dict[str, SpecResult]] = {}
 
 
 def _results(backend: Backend, impl: str, seed: int | None) -> dict[str, SpecResult]:
+    if getattr(backend, "takes_intent", False):
+        pytest.skip(f"{backend.name} is its own implementation: broken ones cannot be applied to it")
     key = (backend.name, impl)
     if key not in _matrix:
         _matrix[key] = {

@@ -46,9 +46,7 @@ class AddressMap:
 
     def _scenario_ips(self) -> set[IPv4Address]:
         s = self.scenario
-        return (
-            {p.ip for p in s.pods} | {n.ip for n in s.nodes} | {v.cluster_ip for v in s.services} | set(self.to_real)
-        )
+        return {p.ip for p in s.pods} | {n.ip for n in s.nodes} | {v.cluster_ip for v in s.services} | set(self.to_real)
 
     def real_target(self, probe: Probe) -> tuple[IPv4Address, int, Protocol]:
         """Where the probe goes in the cluster."""

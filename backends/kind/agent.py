@@ -45,7 +45,7 @@ ANSWER_MAX = 512
 
 
 def _errno_name(code: int) -> str:
-    return errno.errorcode.get(code, "errno %d" % code)
+    return errno.errorcode.get(code, f"errno {code}")
 
 
 def _ports(specs: list[str]) -> list[tuple[int, str]]:
@@ -73,24 +73,24 @@ def serve(identity: str, specs: list[str], ready_file: str = READY_FILE, host: s
     # Readiness (the pod's readinessProbe) means every listener is bound.
     with open(ready_file, "w") as f:
         f.write("ready\n")
-    print("NCSERVER ready %s %s" % (identity, " ".join(specs)), flush=True)
+    print(f"NCSERVER ready {identity} {' '.join(specs)}", flush=True)
     while True:
         if not sel.get_map():
             time.sleep(3600)  # a pure probe source: nothing to serve
             continue
         for key, _ in sel.select():
             proto, port = key.data
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
+            listener = key.fileobj
+            assert isinstance(listener, socket.socket)  # registered above
             try:
                 if proto == "TCP":
-                    conn, addr = sock.accept()
+                    conn, addr = listener.accept()
                     with conn:
                         conn.settimeout(1.0)
-                        conn.sendall(("%s %d %s\n" % (identity, port, addr[0])).encode())
+                        conn.sendall(f"{identity} {port} {addr[0]}\n".encode())
                 else:
-                    _, addr = sock.recvfrom(ANSWER_MAX)
-                    sock.sendto(("%s %d %s\n" % (identity, port, addr[0])).encode(), addr)
+                    _, addr = listener.recvfrom(ANSWER_MAX)
+                    listener.sendto(f"{identity} {port} {addr[0]}\n".encode(), addr)
             except OSError:
                 continue  # a reply that cannot be sent is the dataplane's business
 
@@ -112,7 +112,7 @@ class _Client:
             self.sock.setsockopt(socket.SOL_IP, IP_RECVERR, 1)
             self.sock.bind(("0.0.0.0", 0))
         else:
-            raise ValueError("unsupported protocol %r" % proto)
+            raise ValueError(f"unsupported protocol {proto!r}")
         self.sock.setblocking(False)
 
     def done(
@@ -182,7 +182,7 @@ class _Client:
                 if level == socket.SOL_IP and kind == IP_RECVERR and len(data) >= SOCK_EXTENDED_ERR.size:
                     ee_errno, _, icmp_type, icmp_code, _, _, _ = SOCK_EXTENDED_ERR.unpack_from(data)
                     name = _errno_name(ee_errno)
-                    return self.done("refused", "%s (ICMP %d/%d)" % (name, icmp_type, icmp_code), name)
+                    return self.done("refused", f"{name} (ICMP {icmp_type}/{icmp_code})", name)
             return None
         try:
             data, addr = self.sock.recvfrom(ANSWER_MAX)
@@ -226,7 +226,7 @@ def probe(timeout: float, specs: list[str], out: TextIO | None = None) -> list[d
     results = []
     for c in clients:
         if c.result is None:
-            c.done("dropped", "no answer within %g s" % timeout)
+            c.done("dropped", f"no answer within {timeout:g} s")
         assert c.result is not None
         results.append(c.result)
     stream = out if out is not None else sys.stdout

@@ -91,7 +91,9 @@ def profile_path(config: str) -> Path:
     if path.is_file():
         return path
     names = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
-    raise BackendUnavailable(f"kind backend: NETCONFORMANCE_KIND_CONFIG={config!r} is neither a profile ({names}) nor a file")
+    raise BackendUnavailable(
+        f"kind backend: NETCONFORMANCE_KIND_CONFIG={config!r} is neither a profile ({names}) nor a file"
+    )
 
 
 # -- the kind and docker CLIs ----------------------------------------------------------
@@ -150,7 +152,7 @@ def check_tools(settings: Settings) -> None:
     except ImportError:
         raise BackendUnavailable(
             "kind backend: the Python package 'kubernetes' is not installed (pip install 'netconformance[kind]' "
-            "or pip install 'kubernetes>=31')"
+            "or pip install 'kubernetes>=37')"
         ) from None
     if not settings.uses_kind:
         if not Path(settings.kubeconfig or "").is_file():
@@ -163,7 +165,9 @@ def check_tools(settings: Settings) -> None:
             "`go install sigs.k8s.io/kind@v0.27.0`), or set NETCONFORMANCE_KUBECONFIG to use another cluster"
         )
     if shutil.which("docker") is None:
-        raise BackendUnavailable("kind backend: the docker CLI is not on PATH (kind runs its nodes as docker containers)")
+        raise BackendUnavailable(
+            "kind backend: the docker CLI is not on PATH (kind runs its nodes as docker containers)"
+        )
     done = _cli(["docker", "version", "--format", "{{.Server.Version}}"], 20)
     if done.returncode != 0:
         raise BackendUnavailable(f"kind backend: the docker daemon is not reachable: {done.stderr.strip()[:300]}")
@@ -198,22 +202,22 @@ class Kube(Protocol):
 
     def delete(self, kind: str, name: str, namespace: str | None = None) -> None: ...
 
-    def patch_labels(self, kind: str, name: str, namespace: str, labels: Mapping[str, str]) -> None: ...
-
     def exec(self, namespace: str, pod: str, command: Sequence[str], timeout: float) -> ExecResult: ...
 
 
 class KubeClient:
-    """`Kube` over the official client (kubernetes>=31: pydantic models, websocket exec)."""
+    """`Kube` over the official client (kubernetes>=37: pydantic models, websocket exec)."""
 
-    def __init__(self, config: dict[str, Any] | None = None, *, kubeconfig: str | None = None, context: str | None = None):
+    def __init__(
+        self, config: dict[str, Any] | None = None, *, kubeconfig: str | None = None, context: str | None = None
+    ):
         from kubernetes import client
         from kubernetes import config as kconfig
 
         if config is not None:
-            api = kconfig.new_client_from_config_dict(config, context=context)
+            api = kconfig.new_client_from_config_dict(config, context=context)  # type: ignore[no-untyped-call]
         else:
-            api = kconfig.new_client_from_config(config_file=kubeconfig, context=context)
+            api = kconfig.new_client_from_config(config_file=kubeconfig, context=context)  # type: ignore[no-untyped-call]
         self._api = api
         self._core = client.CoreV1Api(api)
         self._net = client.NetworkingV1Api(api)
@@ -234,22 +238,24 @@ class KubeClient:
         from kubernetes import client
 
         kind, ns = manifest["kind"], manifest["metadata"].get("namespace")
-        t = API_TIMEOUT
+        # Strict: the API server rejects unknown fields instead of dropping them.
+        kw: dict[str, Any] = {"_request_timeout": API_TIMEOUT, "field_validation": "Strict"}
+        obj: object
         if kind == "Namespace":
-            obj = self._core.create_namespace(client.V1Namespace.model_validate(manifest), _request_timeout=t)
+            obj = self._core.create_namespace(client.V1Namespace.model_validate(manifest), **kw)
         elif kind == "Pod":
-            obj = self._core.create_namespaced_pod(ns, client.V1Pod.model_validate(manifest), _request_timeout=t)
+            obj = self._core.create_namespaced_pod(ns, client.V1Pod.model_validate(manifest), **kw)
         elif kind == "Service":
-            obj = self._core.create_namespaced_service(ns, client.V1Service.model_validate(manifest), _request_timeout=t)
+            obj = self._core.create_namespaced_service(ns, client.V1Service.model_validate(manifest), **kw)
         elif kind == "NetworkPolicy":
-            body = client.V1NetworkPolicy.model_validate(manifest)
-            obj = self._net.create_namespaced_network_policy(ns, body, _request_timeout=t)
+            obj = self._net.create_namespaced_network_policy(ns, client.V1NetworkPolicy.model_validate(manifest), **kw)
         else:
             raise ValueError(f"kind backend: cannot create a {kind}")
         return self._dict(obj)
 
     def list(self, kind: str, namespace: str | None = None, label_selector: str = "") -> list[Manifest]:
         t, sel = API_TIMEOUT, label_selector or None
+        got: Any
         if kind == "Namespace":
             got = self._core.list_namespace(label_selector=sel, _request_timeout=t)
         elif kind == "Node":
@@ -281,11 +287,6 @@ class KubeClient:
             if e.status != 404:  # already gone is what we wanted
                 raise
 
-    def patch_labels(self, kind: str, name: str, namespace: str, labels: Mapping[str, str]) -> None:
-        if kind != "Pod":
-            raise ValueError(f"kind backend: cannot patch {kind}")
-        self._core.patch_namespaced_pod(name, namespace, {"metadata": {"labels": dict(labels)}}, _request_timeout=API_TIMEOUT)
-
     def exec(self, namespace: str, pod: str, command: Sequence[str], timeout: float) -> ExecResult:
         from kubernetes.stream import stream
 
@@ -313,6 +314,9 @@ class KubeClient:
                     err.append(ws.read_stderr())
             if ws.is_open():
                 raise TimeoutError(f"exec in {namespace}/{pod} did not finish within {timeout:g} s")
+            # What arrived with the last frames is buffered, not yet read.
+            out.append(ws.read_stdout(timeout=0))
+            err.append(ws.read_stderr(timeout=0))
             code = ws.returncode
         finally:
             ws.close()
@@ -331,7 +335,9 @@ def connect(settings: Settings) -> KubeClient:
         raise
     except Exception as e:
         where = f"kind cluster {settings.cluster!r}" if settings.uses_kind else f"kubeconfig {settings.kubeconfig}"
-        raise BackendUnavailable(f"kind backend: the API server of {where} does not answer: {type(e).__name__}: {e}") from None
+        raise BackendUnavailable(
+            f"kind backend: the API server of {where} does not answer: {type(e).__name__}: {e}"
+        ) from None
     return client
 
 

@@ -304,11 +304,16 @@ def service_manifest(svc: Service, target: Target) -> Manifest:
 # -- NetworkPolicy -------------------------------------------------------------------
 
 
-def _selector(sel: LabelSelector, rename: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """A label selector; with `rename`, values of kubernetes.io/metadata.name become real names."""
+def _selector(sel: LabelSelector, target: Target | None = None) -> dict[str, Any]:
+    """A label selector; with `target`, values of kubernetes.io/metadata.name become the run's names.
+
+    Every name is renamed, also of namespaces the scenario does not use: in
+    the scenario those select no pod, and so must they in the cluster (a
+    real namespace of that name may exist).
+    """
 
     def value(key: str, v: str) -> str:
-        return rename.get(v, v) if rename is not None and key == NAME_LABEL else v
+        return namespace_name(target, v) if target is not None and key == NAME_LABEL else v
 
     out: dict[str, Any] = {}
     if sel.match_labels:
@@ -378,7 +383,7 @@ def _peer(
     facts: ClusterFacts,
     nodes: Mapping[str, RealNode],
     cluster_ips: Mapping[IPv4Address, IPv4Address],
-    names: Mapping[str, str],
+    target: Target,
 ) -> dict[str, Any]:
     if peer.ip_block is not None:
         return {"ipBlock": translate_block(peer.ip_block, s, facts, nodes, cluster_ips)}
@@ -386,7 +391,7 @@ def _peer(
     if peer.pod_selector is not None:
         out["podSelector"] = _selector(peer.pod_selector)
     if peer.namespace_selector is not None:
-        out["namespaceSelector"] = _selector(peer.namespace_selector, names)
+        out["namespaceSelector"] = _selector(peer.namespace_selector, target)
     return out
 
 
@@ -410,12 +415,11 @@ def policy_manifest(
     cluster_ips: Mapping[IPv4Address, IPv4Address],
 ) -> Manifest:
     nodes = node_mapping(s, facts)
-    names = {ns: namespace_name(target, ns) for ns in scenario_namespaces(s)}
 
     def rule(r: PolicyRule, key: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if r.peers:
-            out[key] = [_peer(p, s, facts, nodes, cluster_ips, names) for p in r.peers]
+            out[key] = [_peer(p, s, facts, nodes, cluster_ips, target) for p in r.peers]
         if r.ports:
             out["ports"] = _ports(r.ports)
         return out

@@ -101,7 +101,7 @@ def main() -> None:
 
         small_examples = []
         for i in range(args.rounds):
-            variant = get_implementation("no-hairpin-masquerade" if i % 2 else "reference").render(cluster(1, 2))
+            variant = get_implementation("dnat-ip-only" if i % 2 else "reference").render(cluster(1, 2))
             small_examples.append(_timed(lambda v=variant: example(v, probes[:3])))  # type: ignore[misc]
         print(f"per example, 1 node / 2 pods, rules swapped + 3 probes: {_ms(small_examples)}")
         backend.teardown()

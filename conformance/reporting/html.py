@@ -86,6 +86,8 @@ def _header(doc: Json) -> str:
 
 
 def _matrix(results: Sequence[Json]) -> str:
+    if not results:
+        return '<section id="matrix"><h2>Results</h2><p>no spec was run (comparisons only).</p></section>'
     specs = _ordered([r["spec"] for r in results])
     backends = _ordered([r["backend"] for r in results])
     impls = _ordered([r["implementation"] for r in results])

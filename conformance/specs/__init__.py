@@ -26,6 +26,8 @@ class Spec:
     cases: Callable[[], st.SearchStrategy[Case]]
     check: Check  # (case, observations, exact) -> violations
     examples: tuple[Case, ...] = ()
+    # Knobs the spec must vary; a backend that fixes them skips the spec.
+    knobs: tuple[str, ...] = ()
 
 
 def all_specs() -> dict[str, Spec]:

@@ -121,4 +121,5 @@ SPEC = Spec(
     cases=cases,
     check=check,
     examples=_examples(),
+    knobs=("masquerade_hairpin", "accept_local"),
 )

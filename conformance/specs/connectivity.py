@@ -10,6 +10,8 @@ unreachable), not silently dropped. No NetworkPolicy is in play here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network
 
 from hypothesis import strategies as st
 
@@ -54,10 +56,27 @@ def check(case: Case, observations: Sequence[Observation], exact: bool) -> list[
     return out
 
 
+def _two_nodes() -> Case:
+    """Classic plus pod-c on a second node: pod traffic across nodes keeps its source."""
+    s = classic_scenario()
+    node2 = replace(s.nodes[0], name="node-2", ip=IPv4Address("172.18.0.3"), pod_cidr=IPv4Network("10.244.2.0/24"))
+    c = replace(s.pod("default/pod-a"), name="pod-c", node="node-2", ip=IPv4Address("10.244.2.10"), labels=(("app", "c"),))
+    s = replace(s, nodes=(*s.nodes, node2), pods=(*s.pods, c))
+    return Case(
+        s,
+        (
+            Probe("pod:default/pod-a", c.ip, 8080, "TCP"),
+            Probe("pod:default/pod-c", s.pod("default/pod-b").ip, 8080, "UDP"),
+            Probe("node:node-2", s.pod("default/pod-a").ip, 8080, "TCP"),
+        ),
+    )
+
+
 def _classic() -> tuple[Case, ...]:
     s = classic_scenario()
     a, b = s.pod("default/pod-a"), s.pod("default/pod-b")
     return (
+        _two_nodes(),
         Case(
             s,
             (

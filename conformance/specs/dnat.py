@@ -66,6 +66,10 @@ def _backends(s: Scenario, probe: Probe) -> tuple[Service, str, tuple[Pod, ...],
     return None
 
 
+def _pod_ip(s: Scenario, ref: str | None) -> IPv4Address | None:
+    return s.pod(ref).ip if ref else None
+
+
 def _client_address(s: Scenario, probe: Probe) -> IPv4Address:
     node = source_node(s, probe)
     return s.node(node).ip if node is not None else external_ip(s)
@@ -77,7 +81,8 @@ def _known_asymmetry(s: Scenario, probe: Probe) -> bool:
     without SNAT (kube-proxy's "pod traffic for external destinations"); an
     endpoint on the client's own node then answers it directly, the reply
     bypasses the dialled node's conntrack, and the connection fails. Such a
-    probe may fail; when it is served, it must still be served correctly."""
+    probe may fail (TCP), or be answered straight from the pod (UDP); it must
+    never be served by anything but an eligible endpoint."""
     client = source_pod(s, probe)
     node = node_with_ip(s, probe.dst)
     np = semantics.nodeport_for(s, probe.port, probe.protocol)
@@ -114,7 +119,11 @@ def check(case: Case, observations: Sequence[Observation], exact: bool) -> list[
                 elif not s.endpoints(svc) and o.verdict != "refused":
                     out.append(violation(probe, f"refused at once ({what} has no endpoints)", o, p=p))
                 continue
-            if o.verdict != "delivered" and _known_asymmetry(s, probe):
+            if _known_asymmetry(s, probe) and (
+                o.verdict != "delivered"
+                # The UDP form: the answer reaches the client straight from the pod.
+                or (o.served_by in refs and o.client_saw == _pod_ip(s, o.served_by))
+            ):
                 continue
             want = f"served by one of {sorted(refs)} at port {target_port}, reply from {probe.dst}"
             ok = (
