@@ -23,6 +23,7 @@ from conformance import strategies
 from conformance.cases import Case, dump_case
 from conformance.implementations import Implementation
 from conformance.probes import Observation, Outcome, Probe
+from conformance.runner import CONFIRMING_TIMEOUT, SCREENING_TIMEOUT
 from conformance.specs.common import cases_of
 
 
@@ -92,11 +93,8 @@ def comparison_cases() -> st.SearchStrategy[Case]:
     return cases_of(strategies.scenarios(knobs=True, max_nodes=2), lambda s: strategies.probes(s), max_probes=6)
 
 
-# A real backend waits this long for answers before it calls a probe dropped.
 # Comparisons screen with a short wait and confirm every would-be disagreement
 # that is a timeout with a long one, so slow answers never count as drops.
-SCREENING_TIMEOUT = 0.15
-CONFIRMING_TIMEOUT = 1.0
 
 
 def _observe_confirmed(backend: Backend, probes: Sequence[Probe], predicted: Sequence[Observation]) -> list[Observation]:
