@@ -97,7 +97,9 @@ def comparison_cases() -> st.SearchStrategy[Case]:
 # that is a timeout with a long one, so slow answers never count as drops.
 
 
-def _observe_confirmed(backend: Backend, probes: Sequence[Probe], predicted: Sequence[Observation]) -> list[Observation]:
+def _observe_confirmed(
+    backend: Backend, probes: Sequence[Probe], predicted: Sequence[Observation]
+) -> list[Observation]:
     observed = backend.observe(probes)
     suspects = [
         i

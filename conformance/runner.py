@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, Phase, example, given, reject, settings
-from hypothesis.errors import FlakyFailure
 from hypothesis import seed as hypothesis_seed
+from hypothesis.errors import FlakyFailure
 
 from backends import Backend
 from conformance.cases import Case, dump_case
@@ -22,7 +22,6 @@ from conformance.implementations import Implementation
 from conformance.model import Scenario
 from conformance.probes import Observation
 from conformance.specs import Spec
-
 
 # How long a real backend waits before calling a probe dropped: short while
 # screening, long before a timeout is allowed to count as a violation.

@@ -18,8 +18,11 @@ class SimBackend:
     name = "sim"
     exact = True
 
-    def __init__(self) -> None:
+    def __init__(self, *, tracing: bool = True) -> None:
         self.kernel: Kernel | None = None
+        # Traces cost several times the walk; the runner turns them on only
+        # to explain a failure.
+        self.tracing = tracing
 
     def preflight(self) -> None:
         return None
@@ -30,7 +33,7 @@ class SimBackend:
     def observe(self, probes: Sequence[Probe]) -> list[Observation]:
         if self.kernel is None:
             raise RuntimeError("sim backend: observe() before deploy()")
-        return [observe(self.kernel, p) for p in probes]
+        return [observe(self.kernel, p, tracing=self.tracing) for p in probes]
 
     def reset(self) -> None:
         # Each probe already runs on a copy of the connection state.

@@ -23,6 +23,8 @@ BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
 LOOPBACK_NET = IPv4Network("127.0.0.0/8")
 MULTICAST_NET = IPv4Network("224.0.0.0/4")
 ZERO_NET = IPv4Network("0.0.0.0/8")
+LIMITED_BROADCAST = IPv4Address("255.255.255.255")
+ANY = IPv4Address(0)
 MAX_HOPS = 64
 
 
@@ -88,29 +90,48 @@ class NetNS:
     conntrack: ConntrackTable = field(default_factory=ConntrackTable)
     listeners: dict[tuple[str, int], str] = field(default_factory=dict)  # (proto, port) -> identity
     neigh: dict[tuple[str, IPv4Address], str] = field(default_factory=dict)
+    stages: dict[str, tuple[str, ...]] = field(default_factory=dict)  # hook -> what runs there
+
+    # Address views, computed once the namespace is configured (the walk
+    # never changes addresses); `forget_addresses` invalidates them.
+    _local: dict[IPv4Address, Device] | None = None
+    _broadcast: frozenset[IPv4Address] | None = None
+    # Lookups that only depend on configuration (routes, sysctls, address
+    # types) are memoised: the walk asks the same questions over and over.
+    _memo: dict[tuple[object, ...], object] = field(default_factory=dict)
 
     # -- addresses ---------------------------------------------------------
+    def forget_addresses(self) -> None:
+        self._local, self._broadcast = None, None
+        self._memo.clear()
+
     def local_addresses(self) -> dict[IPv4Address, Device]:
-        out: dict[IPv4Address, Device] = {}
-        for dev in self.devices.values():
-            for a in dev.addresses:
-                out[a.ip] = dev
-        return out
+        if self._local is None:
+            self._local = {a.ip: dev for dev in self.devices.values() for a in dev.addresses}
+        return self._local
 
     def is_local(self, ip: IPv4Address) -> bool:
-        return ip in LOOPBACK_NET or ip in self.local_addresses()
+        return ip in self.local_addresses() or (int(ip) >> 24) == 127
 
     def is_broadcast(self, ip: IPv4Address) -> bool:
-        if ip == IPv4Address("255.255.255.255"):
-            return True
-        return any(
-            a.network.prefixlen < 31 and ip == a.network.broadcast_address
-            for dev in self.devices.values()
-            for a in dev.addresses
-        )
+        if self._broadcast is None:
+            self._broadcast = frozenset(
+                a.network.broadcast_address
+                for dev in self.devices.values()
+                for a in dev.addresses
+                if a.network.prefixlen < 31
+            ) | {LIMITED_BROADCAST}
+        return ip in self._broadcast
 
     def addr_type(self, ip: IPv4Address, limit_iface: str | None) -> frozenset[str]:
         """What `-m addrtype` sees: the local routing table's view of an address."""
+        key = ("addrtype", ip, limit_iface)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self._addr_type(ip, limit_iface)
+        return hit  # type: ignore[return-value]
+
+    def _addr_type(self, ip: IPv4Address, limit_iface: str | None) -> frozenset[str]:
         if limit_iface is not None:
             raise SimError(f"{self.name}: addrtype --limit-iface-in/out is not modelled")
         if ip in MULTICAST_NET:
@@ -125,6 +146,13 @@ class NetNS:
 
     # -- sysctls -----------------------------------------------------------
     def conf_value(self, dev: Device, key: str) -> int:
+        memo = ("conf", dev.name, key)
+        hit = self._memo.get(memo)
+        if hit is None:
+            hit = self._memo[memo] = self._conf_value(dev, key)
+        return hit  # type: ignore[return-value]
+
+    def _conf_value(self, dev: Device, key: str) -> int:
         specific = self.conf.get((dev.name, key))
         if specific is None:
             specific = self.conf.get(("default", key), SYSCTL_DEFAULTS[key])
@@ -138,6 +166,12 @@ class NetNS:
 
     # -- routing -----------------------------------------------------------
     def lookup_main(self, ip: IPv4Address) -> RouteEntry | None:
+        key = ("route", ip)
+        if key not in self._memo:
+            self._memo[key] = self._lookup_main(ip)
+        return self._memo[key]  # type: ignore[return-value]
+
+    def _lookup_main(self, ip: IPv4Address) -> RouteEntry | None:
         best: RouteEntry | None = None
         for r in self.routes:
             if ip in r.dst and (best is None or r.dst.prefixlen > best.dst.prefixlen):
@@ -203,6 +237,8 @@ class Walk:
     chooser: Chooser
     trace: list[str]
     hops: int = 0
+    # Traces cost more than the walk itself: callers build notes only when on.
+    tracing: bool = True
 
     def note(self, ns: NetNS, text: str) -> None:
         self.trace.append(f"{ns.name}: {text}")
@@ -237,6 +273,9 @@ REJECT_CODES = {
 class HookResult:
     verdict: Literal["ACCEPT", "DROP", "REJECT"]
     decision: Decision | None = None
+
+
+ACCEPTED = HookResult("ACCEPT")
 
 
 class Kernel:
@@ -298,6 +337,7 @@ class Kernel:
         for dev_name, addr in cfg.addresses:
             dev = self._dev(ns, dev_name, "address")
             dev.addresses.append(addr)
+            ns.forget_addresses()
             if addr.network.prefixlen < 32:
                 ns.routes.append(RouteEntry(addr.network, dev, None, addr.ip))
         for r in cfg.routes:
@@ -307,6 +347,7 @@ class Kernel:
             ns.routes.append(RouteEntry(r.dst, dev, r.via, r.src))
         for key, value in cfg.sysctls:
             self._sysctl(ns, key, value)
+        ns.forget_addresses()
         if cfg.iptables.strip():
             ns.ruleset = parse_iptables_save(cfg.iptables, source=f"{cfg.name} iptables")
             ns.has_nat = "nat" in ns.ruleset.tables
@@ -353,20 +394,19 @@ class Kernel:
         out_dev: Device | None,
         physin: Device | None = None,
         physout: Device | None = None,
-        skip: frozenset[str] = frozenset(),
     ) -> HookResult:
         """Run one netfilter hook: its tables in the kernel's priority order."""
-        for table in HOOK_TABLES[hook]:
-            if table in skip:
-                continue
+        stages = ns.stages.get(hook)
+        if stages is None:
+            stages = ns.stages[hook] = self._stages(ns, hook)
+        for table in stages:
             if table == "conntrack":
-                if ns.tracks:
-                    track(ns.conntrack, pkt)
-                    if pkt.ctstate == "NEW" and pkt.ct is not None:
-                        walk.note(ns, f"{hook} conntrack: new connection {pkt.ct.original}")
+                track(ns.conntrack, pkt)
+                if walk.tracing and pkt.ctstate == "NEW" and pkt.ct is not None:
+                    walk.note(ns, f"{hook} conntrack: new connection {pkt.ct.original}")
                 continue
             if table == "confirm":
-                if ns.tracks and pkt.ct is not None and pkt.ctstate != "RELATED":
+                if pkt.ct is not None and pkt.ctstate != "RELATED":
                     ns.conntrack.confirm(pkt.ct)
                 continue
             if table == "nat":
@@ -374,12 +414,27 @@ class Kernel:
                 if result is not None:
                     return result
                 continue
-            if ns.ruleset is None or table not in ns.ruleset.tables:
-                continue
+            assert ns.ruleset is not None
             decision = traverse(ns.ruleset, table, pkt, self._ctx(walk, ns, hook, in_dev, out_dev, physin, physout))
             if decision.verdict != "ACCEPT":
                 return HookResult(decision.verdict, decision)
-        return HookResult("ACCEPT")
+        return ACCEPTED
+
+    @staticmethod
+    def _stages(ns: NetNS, hook: str) -> tuple[str, ...]:
+        """The parts of a hook that can do anything in this namespace, in order."""
+        tables = ns.ruleset.tables if ns.ruleset is not None else {}
+        out: list[str] = []
+        for stage in HOOK_TABLES[hook]:
+            if stage in ("conntrack", "confirm"):
+                if ns.tracks:
+                    out.append(stage)
+            elif stage == "nat":
+                if ns.has_nat and hook in MANIP:
+                    out.append(stage)
+            elif stage in tables:
+                out.append(stage)
+        return tuple(out)
 
     def _ctx(
         self,
@@ -402,7 +457,7 @@ class Kernel:
             physdev_in=physin.name if physin else None,
             physdev_out=physout.name if physout else None,
             bridged=physin is not None or physout is not None,
-            trace=walk.trace,
+            trace=walk.trace if walk.tracing else None,
         )
 
     def _nat(
@@ -444,9 +499,10 @@ class Kernel:
             if nat is not None:
                 r = conn.reply
                 to = f"{r.src}:{r.sport}" if manip == "DST" else f"{r.dst}"
-                walk.note(ns, f"{hook} nat: {nat.kind} to {to} (replies will look like {r})")
-        before = pkt.describe()
-        if nat_packet(pkt, manip):
+                if walk.tracing:
+                    walk.note(ns, f"{hook} nat: {nat.kind} to {to} (replies will look like {r})")
+        before = pkt.describe() if walk.tracing else ""
+        if nat_packet(pkt, manip) and walk.tracing:
             walk.note(ns, f"{hook} nat: {before} rewritten to {pkt.describe()}")
         return None
 
@@ -470,7 +526,7 @@ class Kernel:
     def route_input(self, ns: NetNS, pkt: Packet, dev: Device) -> Route:
         """ip_route_input_slow, with fib_validate_source."""
         src, dst = pkt.src, pkt.dst
-        if src in MULTICAST_NET or src == IPv4Address("255.255.255.255") or src in ZERO_NET:
+        if src in MULTICAST_NET or src == LIMITED_BROADCAST or src in ZERO_NET:
             return Route("error", error="EINVAL", icmp_code=None)
         if dev.kind != "lo":
             if dst in LOOPBACK_NET and not ns.conf_value(dev, "route_localnet"):
@@ -623,11 +679,13 @@ class Kernel:
         br.fdb[pkt.src_mac] = port
         if not ns.bridge_nf_call_iptables:
             if pkt.dst_mac == br.mac:
-                walk.note(ns, f"{br.name}: frame from {port.name} to the bridge itself, up to IP")
+                if walk.tracing:
+                    walk.note(ns, f"{br.name}: frame from {port.name} to the bridge itself, up to IP")
                 return self.ip_rcv(walk, ns, br, pkt)
             return self.br_forward(walk, br, port, pkt, netfilter=False)
         # br_netfilter: iptables PREROUTING runs at bridge level, with -i <bridge>.
-        walk.note(ns, f"{br.name}: frame from {port.name}, br_netfilter calls iptables PREROUTING")
+        if walk.tracing:
+            walk.note(ns, f"{br.name}: frame from {port.name}, br_netfilter calls iptables PREROUTING")
         daddr = pkt.dst
         res = self.hook(walk, ns, "PREROUTING", pkt, in_dev=br, out_dev=None, physin=port)
         if res.verdict != "ACCEPT":
@@ -656,7 +714,8 @@ class Kernel:
         if mac is None:
             return Lost(f"{br!r}: no ARP answer for {route.nexthop}")
         pkt.dst_mac = mac
-        walk.note(br.netns, f"{br.name}: DNAT'ed frame is bridged to {mac} ({route.nexthop})")
+        if walk.tracing:
+            walk.note(br.netns, f"{br.name}: DNAT'ed frame is bridged to {mac} ({route.nexthop})")
         return self.br_forward(walk, br, port, pkt, netfilter=True)
 
     def br_forward(self, walk: Walk, br: Device, inport: Device, pkt: Packet, *, netfilter: bool) -> Landing:
@@ -675,7 +734,8 @@ class Kernel:
             res = self.hook(walk, ns, "POSTROUTING", pkt, in_dev=None, out_dev=br, physout=out)
             if res.verdict != "ACCEPT":
                 return self._refuse(walk, ns, "POSTROUTING", pkt, res, bridged=True)
-        walk.note(ns, f"{br.name}: bridged {pkt.describe()} out of {out.name}")
+        if walk.tracing:
+            walk.note(ns, f"{br.name}: bridged {pkt.describe()} out of {out.name}")
         return self.xmit(walk, out, pkt)
 
     # -- IP input ------------------------------------------------------------
@@ -692,12 +752,14 @@ class Kernel:
             res = self.hook(walk, ns, "INPUT", pkt, in_dev=dev, out_dev=None)
             if res.verdict != "ACCEPT":
                 return self._refuse(walk, ns, "INPUT", pkt, res)
-            walk.note(ns, f"delivered locally: {pkt.describe()}")
+            if walk.tracing:
+                walk.note(ns, f"delivered locally: {pkt.describe()}")
             return Arrived(ns, pkt)
         return self.ip_forward(walk, ns, dev, pkt, route)
 
     def _route_error(self, walk: Walk, ns: NetNS, pkt: Packet, route: Route, dev: Device) -> Landing:
-        walk.note(ns, f"route input on {dev.name} for {pkt.describe()}: {route.error}")
+        if walk.tracing:
+            walk.note(ns, f"route input on {dev.name} for {pkt.describe()}: {route.error}")
         if route.icmp_code is not None and pkt.proto != "icmp":
             return self.icmp_send(walk, ns, pkt, 3, route.icmp_code, in_dev=dev)
         return Lost(f"{ns.name}: {route.error} for {pkt.describe()} arriving on {dev.name}")
@@ -716,7 +778,8 @@ class Kernel:
         if pkt.ttl <= 1:
             raise SimError(f"{ns.name}: TTL expired forwarding {pkt.describe()}; ICMP time exceeded is not modelled")
         pkt.ttl -= 1
-        walk.note(ns, f"forward {pkt.describe()} from {in_dev.name} to {route.dev.name} via {route.nexthop}")
+        if walk.tracing:
+            walk.note(ns, f"forward {pkt.describe()} from {in_dev.name} to {route.dev.name} via {route.nexthop}")
         return self.ip_output(walk, ns, route.dev, route.nexthop, pkt)
 
     @staticmethod
@@ -746,7 +809,7 @@ class Kernel:
         route = self.route_output(ns, pkt.dst)
         if route.kind == "error":
             return SendError(f"{ns.name}: {route.error} sending to {pkt.dst}")
-        if pkt.src == IPv4Address(0):
+        if pkt.src == ANY:
             if route.src is None:
                 return SendError(f"{ns.name}: no source address for {pkt.dst}")
             pkt.src = route.src
@@ -761,7 +824,8 @@ class Kernel:
                 return SendError(f"{ns.name}: {again.error} after NAT to {pkt.dst}")
             route = again
         assert route.dev is not None and route.nexthop is not None
-        walk.note(ns, f"send {pkt.describe()} out of {route.dev.name}")
+        if walk.tracing:
+            walk.note(ns, f"send {pkt.describe()} out of {route.dev.name}")
         return self.ip_output(walk, ns, route.dev, route.nexthop, pkt)
 
     # -- errors and rejects -----------------------------------------------------
@@ -786,7 +850,8 @@ class Kernel:
         how = res.decision.reject_with or "icmp-port-unreachable"
         if bridged:
             raise SimError(f"{ns.name}: REJECT of a bridged frame in {hook} ({rule}) is not modelled")
-        walk.note(ns, f"{hook}: rejected with {how} by {rule}")
+        if walk.tracing:
+            walk.note(ns, f"{hook}: rejected with {how} by {rule}")
         if how == "tcp-reset":
             return self._send_reset(walk, ns, pkt)
         code = REJECT_CODES.get(how)
@@ -800,7 +865,7 @@ class Kernel:
         """icmp_send: an error about `offending`, from ns back to its source."""
         if offending.proto == "icmp" and offending.icmp_type not in (0, 8):
             return Lost(f"{ns.name}: no ICMP error about an ICMP error")
-        src = offending.dst if ns.is_local(offending.dst) else IPv4Address(0)
+        src = offending.dst if ns.is_local(offending.dst) else ANY
         err = Packet(
             src=src,
             dst=offending.src,
@@ -812,7 +877,8 @@ class Kernel:
         # nf_ct_attach: the error carries the offending packet's connection.
         if offending.ct is not None:
             err.ct, err.ct_reply, err.ctstate = offending.ct, not offending.ct_reply, "RELATED"
-        walk.note(ns, f"sends ICMP type {icmp_type} code {code} to {offending.src}")
+        if walk.tracing:
+            walk.note(ns, f"sends ICMP type {icmp_type} code {code} to {offending.src}")
         return self.send(walk, ns, err)
 
     def _send_reset(self, walk: Walk, ns: NetNS, pkt: Packet) -> Landing:

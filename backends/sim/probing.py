@@ -14,11 +14,12 @@ choices), and each outcome is weighted by the product of its draws.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
+from backends.sim.conntrack import ConntrackTable
 from backends.sim.kernel import Arrived, Kernel, Lost, NetNS, SendError, Walk
+from backends.sim.netfilter import NetfilterState
 from backends.sim.packet import Packet
 from conformance.probes import Observation, Outcome, Probe
 
@@ -69,26 +70,28 @@ class ScriptedChooser:
         return path
 
 
-def observe(kernel: Kernel, probe: Probe) -> Observation:
-    baseline = {name: (ns.conntrack.copy(), copy.deepcopy(ns.nf_state)) for name, ns in kernel.namespaces.items()}
+def observe(kernel: Kernel, probe: Probe, *, tracing: bool = True) -> Observation:
+    """Every outcome of one new connection, each path from clean state.
+
+    Each path starts with empty conntrack tables and fresh match state
+    (recent lists, nth counters), as a real backend's flushed namespaces do.
+    """
     found: dict[Outcome, float] = {}
     script: list[bool] | None = []
     paths = 0
     while script is not None:
-        for name, ns in kernel.namespaces.items():
-            table, state = baseline[name]
-            ns.conntrack = table.copy()
-            ns.nf_state = copy.deepcopy(state)
+        for ns in kernel.namespaces.values():
+            ns.conntrack = ConntrackTable()
+            ns.nf_state = NetfilterState()
         chooser = ScriptedChooser(script)
-        outcome = run_probe(kernel, probe, Walk(chooser, []))
+        outcome = run_probe(kernel, probe, Walk(chooser, [], tracing=tracing))
         found[outcome] = found.get(outcome, 0.0) + chooser.weight()
         paths += 1
         if paths > MAX_PATHS:
             raise RuntimeError(f"{probe}: more than {MAX_PATHS} random paths")
         script = chooser.next_script()
-    for name, ns in kernel.namespaces.items():
-        table, state = baseline[name]
-        ns.conntrack, ns.nf_state = table, state
+    for ns in kernel.namespaces.values():
+        ns.conntrack = ConntrackTable()
     # Outcomes compare without reason and trace, so each key is the first
     # path that produced it, with that path's trace.
     return Observation(probe, tuple((o, p) for o, p in found.items()), exact=True)
@@ -158,7 +161,8 @@ def _tcp(kernel: Kernel, probe: Probe, walk: Walk, ns: NetNS, client_ip: IPv4Add
     identity = at.listeners.get(("tcp", p.dport))
     server_ip, server_port, peer_ip, peer_port = p.dst, p.dport, p.src, p.sport
     if identity is None:
-        walk.note(at, f"no listener on tcp port {p.dport}: RST")
+        if walk.tracing:
+            walk.note(at, f"no listener on tcp port {p.dport}: RST")
         rst = Packet(server_ip, peer_ip, "tcp", server_port, peer_port, frozenset({"RST", "ACK"}))
         back = kernel.send(walk, at, rst)
         if isinstance(back, Arrived) and _is_ours(back, ns, client_ip, probe):
@@ -166,7 +170,8 @@ def _tcp(kernel: Kernel, probe: Probe, walk: Walk, ns: NetNS, client_ip: IPv4Add
         if isinstance(back, Arrived) and back.pkt.proto == "icmp":
             return _client_error(back.pkt, back.netns, ns, probe, client_ip, walk)
         return _fail("dropped", f"RST from {at.name} did not reach the client as its own", walk)
-    walk.note(at, f"listener {identity} accepts SYN from {peer_ip}:{peer_port}")
+    if walk.tracing:
+        walk.note(at, f"listener {identity} accepts SYN from {peer_ip}:{peer_port}")
     synack = Packet(server_ip, peer_ip, "tcp", server_port, peer_port, frozenset({"SYN", "ACK"}))
     back = kernel.send(walk, at, synack)
     if not isinstance(back, Arrived):
@@ -175,7 +180,8 @@ def _tcp(kernel: Kernel, probe: Probe, walk: Walk, ns: NetNS, client_ip: IPv4Add
         return _fail("dropped", f"SYN-ACK answered by {back.pkt.describe()}", walk)
     if not _is_ours(back, ns, client_ip, probe):
         q = back.pkt
-        walk.note(back.netns, f"{q.describe()} matches no connection: answered with RST")
+        if walk.tracing:
+            walk.note(back.netns, f"{q.describe()} matches no connection: answered with RST")
         return _fail(
             "dropped",
             f"SYN-ACK reached {back.netns.name} as {q.describe()}, not as a reply from {probe.dst}:{probe.port}",
@@ -223,12 +229,14 @@ def _udp(kernel: Kernel, probe: Probe, walk: Walk, ns: NetNS, client_ip: IPv4Add
         return _client_error(p, at, ns, probe, client_ip, walk)
     identity = at.listeners.get(("udp", p.dport))
     if identity is None:
-        walk.note(at, f"no listener on udp port {p.dport}: ICMP port unreachable")
+        if walk.tracing:
+            walk.note(at, f"no listener on udp port {p.dport}: ICMP port unreachable")
         back = kernel.icmp_send(walk, at, p, 3, 3, in_dev=None)
         if isinstance(back, Arrived) and back.pkt.proto == "icmp":
             return _client_error(back.pkt, back.netns, ns, probe, client_ip, walk)
         return _fail("dropped", f"no listener on udp {p.dport} in {at.name}; the ICMP error was lost", walk)
-    walk.note(at, f"listener {identity} got a datagram from {p.src}:{p.sport}")
+    if walk.tracing:
+        walk.note(at, f"listener {identity} got a datagram from {p.src}:{p.sport}")
     # The server's socket is bound to 0.0.0.0, so routing picks the source.
     answer = Packet(IPv4Address(0), p.src, "udp", p.dport, p.sport, payload=identity)
     back = kernel.send(walk, at, answer)

@@ -60,7 +60,9 @@ def _two_nodes() -> Case:
     """Classic plus pod-c on a second node: pod traffic across nodes keeps its source."""
     s = classic_scenario()
     node2 = replace(s.nodes[0], name="node-2", ip=IPv4Address("172.18.0.3"), pod_cidr=IPv4Network("10.244.2.0/24"))
-    c = replace(s.pod("default/pod-a"), name="pod-c", node="node-2", ip=IPv4Address("10.244.2.10"), labels=(("app", "c"),))
+    c = replace(
+        s.pod("default/pod-a"), name="pod-c", node="node-2", ip=IPv4Address("10.244.2.10"), labels=(("app", "c"),)
+    )
     s = replace(s, nodes=(*s.nodes, node2), pods=(*s.pods, c))
     return Case(
         s,
