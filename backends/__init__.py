@@ -51,6 +51,7 @@ _BUILTIN: dict[str, str] = {
     "sim": "backends.sim:SimBackend",
     "netns": "backends.netns:NetnsBackend",
     "kind": "backends.kind:KindBackend",
+    "docker": "backends.docker:DockerBackend",
 }
 
 

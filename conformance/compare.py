@@ -23,7 +23,7 @@ from conformance import strategies
 from conformance.cases import Case, dump_case
 from conformance.implementations import Implementation
 from conformance.probes import Observation, Outcome, Probe
-from conformance.runner import CONFIRMING_TIMEOUT, SCREENING_TIMEOUT
+from conformance.runner import CONFIRMING_TIMEOUT, SCREENING_TIMEOUT, traced
 from conformance.specs.common import cases_of
 
 
@@ -127,10 +127,14 @@ def find_disagreements(
     backend.reset()
     predicted = predictor.observe(case.probes)
     observed = _observe_confirmed(backend, case.probes, predicted)
+    bad = [i for i, (p, o) in enumerate(zip(predicted, observed, strict=True)) if not agrees(p, o)]
+    if bad and getattr(predictor, "tracing", True) is False:
+        predicted = traced(predictor, case.probes)  # explain the prediction
     return [
-        Disagreement(case, p.probe, predictor.name, backend.name, p, o, implementation.name)
-        for p, o in zip(predicted, observed, strict=True)
-        if not agrees(p, o)
+        Disagreement(
+            case, predicted[i].probe, predictor.name, backend.name, predicted[i], observed[i], implementation.name
+        )
+        for i in bad
     ]
 
 

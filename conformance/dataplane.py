@@ -55,6 +55,27 @@ class Listener:
 
 
 @dataclass(frozen=True)
+class CniAttachment:
+    """A pod attached by real CNI plugin binaries, as the CNI specification runs them.
+
+    Listed on the node namespace that plays the CNI "host": the backend runs
+    each plugin of `conflist` in order there (CNI_COMMAND=ADD, CNI_CONTAINERID,
+    CNI_NETNS = the pod namespace, which exists and is empty, CNI_IFNAME,
+    CNI_ARGS, CNI_PATH, the plugin's configuration on stdin with the previous
+    plugin's result as prevResult), before the node's rules are applied.
+    """
+
+    conflist: str  # a network configuration list (.conflist), JSON text
+    container_id: str
+    netns: str  # the pod's logical namespace name
+    ifname: str = "eth0"
+    args: tuple[tuple[str, str], ...] = ()  # CNI_ARGS, e.g. (("IP", "10.244.1.11"),)
+    # runtimeConfig per capability, JSON text, e.g. {"portMappings": [...]}; a
+    # plugin gets the capabilities its configuration declares.
+    capability_args: str = "{}"
+
+
+@dataclass(frozen=True)
 class NetnsConfig:
     name: str
     role: Role
@@ -69,6 +90,16 @@ class NetnsConfig:
     sysctls: tuple[tuple[str, str], ...] = ()
     iptables: str = ""  # iptables-save text, applied with iptables-restore
     listeners: tuple[Listener, ...] = ()
+    # Additive, for real CNI plugins and node snapshots:
+    # pods attached by CNI plugins run in this namespace (before the rules).
+    cni: tuple[CniAttachment, ...] = ()
+    # True: `iptables` goes to `iptables-restore --noflush`, on top of the rules
+    # already there (a CNI plugin's); it then may use -I, and must declare
+    # only its own user chains (a declared chain is flushed).
+    iptables_noflush: bool = False
+    # Addresses (also in `addresses`) without their connected route: added
+    # with IFA_F_NOPREFIXROUTE, or the route was deleted (the ptp plugin does).
+    no_prefix_route: tuple[tuple[str, IPv4Interface], ...] = ()
 
     def sysctl(self, key: str, default: str | None = None) -> str | None:
         value = default
@@ -117,7 +148,8 @@ class Dataplane:
                     extra += " hairpin on"
                 out.append(f"link {link.kind} {link.name}{extra}")
             for dev, addr in ns.addresses:
-                out.append(f"addr {addr} dev {dev}")
+                flag = " noprefixroute" if (dev, addr) in ns.no_prefix_route else ""
+                out.append(f"addr {addr} dev {dev}{flag}")
             for r in ns.routes:
                 via = f" via {r.via}" if r.via else ""
                 src = f" src {r.src}" if r.src else ""
@@ -126,7 +158,15 @@ class Dataplane:
                 out.append(f"sysctl {k}={v}")
             for li in ns.listeners:
                 out.append(f"listen {li.protocol.lower()} {li.port} as {li.identity}")
+            for att in ns.cni:
+                args = ";".join(f"{k}={v}" for k, v in att.args)
+                out.append(f"cni add {att.container_id[:12]} netns {att.netns} ifname {att.ifname} args {args!r}")
+                out.append(f"  conflist {att.conflist}")
+                if att.capability_args != "{}":
+                    out.append(f"  runtimeConfig {att.capability_args}")
             if ns.iptables:
+                if ns.iptables_noflush:
+                    out.append("# iptables-restore --noflush")
                 out.append(ns.iptables.rstrip("\n"))
             out.append("")
         return "\n".join(out)

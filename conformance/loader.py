@@ -8,7 +8,7 @@ with ``items``, of these objects:
   annotations ``netconformance.io/hairpin-mode: "true"|"false"`` and
   ``netconformance.io/bridge-nf-call-iptables: "1"|"0"``.
 - ``v1 Pod``: metadata.namespace (default "default"), name, labels;
-  spec.nodeName, spec.containers[].ports[] {containerPort, protocol};
+  spec.nodeName, spec.containers[].ports[] {containerPort, protocol, hostPort};
   status.podIP; annotation ``netconformance.io/accept-local: "1"|"0"``.
 - ``v1 Service``: spec.type (ClusterIP | NodePort), clusterIP, selector,
   ports[] {name, protocol, port, targetPort (integer), nodePort},
@@ -442,7 +442,7 @@ def _parse_pod(ctx: _Ctx, namespace: str, name: str, meta: dict[str, object], ob
         container = ctx.mapping(item, cpath, ("name", "image", "ports"))
         for j, raw in enumerate(ctx.list(container.get("ports"), f"{cpath}.ports")):
             path = f"{cpath}.ports[{j}]"
-            entry = ctx.mapping(raw, path, ("containerPort", "protocol"))
+            entry = ctx.mapping(raw, path, ("containerPort", "protocol", "hostPort"))
             port = ctx.integer(
                 ctx.required(entry, "containerPort", path, "an integer 1-65535"),
                 f"{path}.containerPort",
@@ -450,8 +450,13 @@ def _parse_pod(ctx: _Ctx, namespace: str, name: str, meta: dict[str, object], ob
                 65535,
             )
             protocol = _protocol(ctx, entry, path)
-            cp = ContainerPort(port, protocol)
-            if cp in ports:
+            host_port = (
+                ctx.integer(entry["hostPort"], f"{path}.hostPort", 1, 65535)
+                if entry.get("hostPort") is not None
+                else None
+            )
+            cp = ContainerPort(port, protocol, host_port)
+            if any((c.port, c.protocol) == (port, protocol) for c in ports):
                 ctx.fail(path, f"duplicate container port {port}/{protocol}")
             ports.append(cp)
     status = ctx.mapping(obj.get("status"), "status", ("podIP",))
@@ -915,7 +920,10 @@ def _documents(s: Scenario) -> Iterable[dict[str, object]]:
             meta["annotations"] = {ANN_ACCEPT_LOCAL: "1"}
         container: dict[str, object] = {"name": "app"}
         if pod.ports:
-            container["ports"] = [{"containerPort": p.port, "protocol": p.protocol} for p in pod.ports]
+            container["ports"] = [
+                {"containerPort": p.port, "protocol": p.protocol, **({"hostPort": p.host_port} if p.host_port else {})}
+                for p in pod.ports
+            ]
         yield {
             "apiVersion": "v1",
             "kind": "Pod",

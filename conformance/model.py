@@ -76,6 +76,8 @@ class Node:
 class ContainerPort:
     port: int
     protocol: Protocol = "TCP"
+    # hostPort: the port on every local address of the pod's node that DNATs here.
+    host_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class Pod:
         return f"{self.namespace}/{self.name}"
 
     def listens(self, port: int, protocol: Protocol) -> bool:
-        return ContainerPort(port, protocol) in self.ports
+        return any(p.port == port and p.protocol == protocol for p in self.ports)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from backends import Backend
 from conformance.cases import Case, dump_case
 from conformance.implementations import Implementation
 from conformance.model import Scenario
-from conformance.probes import Observation
+from conformance.probes import Observation, Probe
 from conformance.specs import Spec
 
 # How long a real backend waits before calling a probe dropped: short while
@@ -133,7 +133,18 @@ def check_case(
         for i, obs in zip(timed_out, again, strict=True):
             observations[i] = obs
         violations = spec.check(case, observations, backend.exact)
+    if violations and getattr(backend, "tracing", True) is False:
+        observations = traced(backend, case.probes)
     return observations, violations
+
+
+def traced(backend: Backend, probes: Sequence[Probe]) -> list[Observation]:
+    """Observe again with traces on (the simulator is deterministic) to explain a result."""
+    backend.tracing = True  # type: ignore[attr-defined]
+    try:
+        return backend.observe(probes)
+    finally:
+        backend.tracing = False  # type: ignore[attr-defined]
 
 
 def run_spec(

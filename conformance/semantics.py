@@ -136,6 +136,22 @@ def nodeport_for(s: Scenario, port: int, protocol: Protocol) -> tuple[Service, S
     return None
 
 
+def hostport_for(s: Scenario, node: str, port: int, protocol: Protocol) -> tuple[Pod, int] | None:
+    """The pod on `node` whose hostPort is port/protocol, and its containerPort; None if none.
+
+    A hostPort answers on the node's own addresses only; a NodePort on the
+    same port/protocol would make the outcome depend on rule order, so the
+    scenarios never have both (and then this says None).
+    """
+    if nodeport_for(s, port, protocol) is not None:
+        return None
+    for pod in s.pods_on(node):
+        for c in pod.ports:
+            if c.host_port == port and c.protocol == protocol:
+                return pod, c.port
+    return None
+
+
 def expected_backends(
     s: Scenario,
     service: Service,

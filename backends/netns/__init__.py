@@ -27,7 +27,9 @@ from pathlib import Path
 
 from backends import BackendUnavailable
 from backends.netns import build, records
+from backends.netns import snapshot as netns_snapshot
 from backends.netns.build import Netns
+from backends.netns.cni import CniRunner, missing_plugins, plugin_types
 from backends.netns.conntrack import ConntrackFlusher
 from backends.netns.nsutil import NetnsWorker, delete_netns
 from backends.netns.probing import Server, client_socket, open_servers, run_probes
@@ -66,8 +68,14 @@ def _short(logical: str) -> str:
 
 
 def _structure(dataplane: Dataplane) -> tuple[object, ...]:
-    """Everything but the rules: equal structures can be reused as they are."""
-    return tuple(dataclasses.replace(ns, iptables="") for ns in dataplane.namespaces)
+    """Everything but the rules: equal structures can be reused as they are.
+
+    Rules added on top of a CNI plugin's (--noflush) cannot be swapped for
+    others without knowing the plugin's: they count as structure.
+    """
+    return tuple(
+        ns if ns.cni or ns.iptables_noflush else dataclasses.replace(ns, iptables="") for ns in dataplane.namespaces
+    )
 
 
 class NetnsBackend:
@@ -94,6 +102,9 @@ class NetnsBackend:
         self._flushers: list[ConntrackFlusher] = []
         self._preflight_ok = False
         self._atexit = False
+        self._cni: CniRunner | None = None
+        self._rebuild = False
+        self.cni_errors: list[str] = []  # what CNI DEL reported at teardown
 
     # -- the Backend protocol ------------------------------------------------
 
@@ -125,10 +136,13 @@ class NetnsBackend:
 
     def deploy(self, dataplane: Dataplane) -> None:
         self.preflight()
+        self._check_plugins(dataplane)
         self._start()
-        if self._dataplane is not None and self.reuse and _structure(self._dataplane) == _structure(dataplane):
+        reusable = self._dataplane is not None and self.reuse and not self._rebuild
+        if reusable and self._dataplane is not None and _structure(self._dataplane) == _structure(dataplane):
             self._swap_rules(dataplane)
             return
+        self._rebuild = False
         retired = self._destroy(keep_alive=True)
         try:
             self._build(dataplane)
@@ -170,6 +184,13 @@ class NetnsBackend:
         outcomes = run_probes(probes, sockets, self._servers, self.probe_timeout)
         return [Observation(p, ((o, 1.0),), exact=False) for p, o in zip(probes, outcomes, strict=True)]
 
+    def snapshot(self) -> Dataplane:
+        """The deployed namespaces as they are now, read back into a plain Dataplane (no CNI attachments)."""
+        dataplane, worker = self._dataplane, self._worker
+        if dataplane is None or worker is None:
+            raise RuntimeError("netns backend: snapshot() before deploy()")
+        return netns_snapshot.snapshot(worker, self._namespaces, dataplane)
+
     def reset(self) -> None:
         for flusher in self._flushers:
             flusher.flush()
@@ -177,6 +198,7 @@ class NetnsBackend:
             server.drain()
 
     def teardown(self) -> None:
+        self.cni_delete()
         self._destroy()
         if self._record is not None:
             records.undo(self._record, self._state_dir)
@@ -186,6 +208,39 @@ class NetnsBackend:
             self._worker = None
 
     # -- internals -------------------------------------------------------------
+
+    def _check_plugins(self, dataplane: Dataplane) -> None:
+        kinds = sorted({k for ns in dataplane.namespaces for att in ns.cni for k in plugin_types(att.conflist)})
+        missing = missing_plugins(kinds)
+        if missing:
+            raise BackendUnavailable(
+                f"netns backend: CNI plugin(s) {', '.join(missing)} not found in CNI_PATH "
+                f"(NETCONFORMANCE_CNI_PATH, default /opt/cni/bin:/usr/lib/cni); install the Debian package "
+                "'containernetworking-plugins'"
+            )
+
+    def cni_delete(self) -> list[str]:
+        """CNI DEL for every attachment, as a runtime does when a pod goes; returns (and keeps) the errors.
+
+        Teardown calls it; the namespaces stay until `teardown()`.
+        """
+        cni, worker = self._cni, self._worker
+        if cni is None or worker is None or not cni.attached:
+            return []
+        namespaces = self._namespaces
+
+        def job() -> list[str]:
+            errors: list[str] = []
+            for ns in namespaces.values():
+                if ns.config.cni and ns.fd >= 0:
+                    errors += cni.delete(ns, namespaces)
+            return errors
+
+        errors = worker.run(job)
+        self.cni_errors += errors
+        cni.forget()
+        self._rebuild = True  # the pods are detached: the next deploy starts afresh
+        return errors
 
     def kernel_name(self, logical: str) -> str:
         return f"nc-{self.run_id}-{_short(logical)}"
@@ -215,12 +270,22 @@ class NetnsBackend:
         record.save(self._state_dir)
         self._namespaces = namespaces
         run_dir = Path(record.run_dir)
+        if self._cni is None:
+            self._cni = CniRunner(worker, run_dir)
+        cni = self._cni
+        cni.forget()  # the namespaces those attachments lived in are gone
 
         def job() -> None:
             for ns in namespaces.values():
                 build.create(worker, ns)
             for ns in namespaces.values():
                 build.create_links(worker, ns, namespaces)
+            # The plugins attach the (empty) pod namespaces before anything is
+            # configured: per-device sysctls may name the devices they create.
+            for ns in namespaces.values():
+                if ns.config.cni:
+                    cni.reset_ipam(ns)
+                    cni.add(ns, namespaces)
             for ns in namespaces.values():
                 build.configure(worker, ns)
             build.restore_rules(worker, [(ns, ns.config.iptables) for ns in namespaces.values()], run_dir)

@@ -23,6 +23,7 @@ from conformance.dataplane import Link, NetnsConfig
 
 RESTORE = "iptables-legacy-restore"
 IFF_UP = 0x1
+IFA_F_NOPREFIXROUTE = 0x200
 
 # Builtin chains per table, to reset a table a new ruleset no longer names.
 BUILTIN_CHAINS = {
@@ -148,8 +149,15 @@ def configure(worker: NetnsWorker, ns: Netns) -> None:
             links = list(ipr.get_links())
             indexes = {str(msg.get("IFLA_IFNAME")): int(msg["index"]) for msg in links}
             for dev, iface in cfg.addresses:
+                extra: dict[str, object] = {}
+                if (dev, iface) in cfg.no_prefix_route:
+                    extra["IFA_FLAGS"] = IFA_F_NOPREFIXROUTE
                 ipr.addr(
-                    "add", index=_index(indexes, ns, dev), address=str(iface.ip), prefixlen=iface.network.prefixlen
+                    "add",
+                    index=_index(indexes, ns, dev),
+                    address=str(iface.ip),
+                    prefixlen=iface.network.prefixlen,
+                    **extra,
                 )
             for msg in links:
                 if not msg["flags"] & IFF_UP:
@@ -213,9 +221,11 @@ def restore_rules(worker: NetnsWorker, jobs: Iterable[tuple[Netns, str]], run_di
                 continue
             env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
             env["XTABLES_LOCKFILE"] = str(run_dir / f"{ns.kname}.xtables.lock")
+            # A CNI plugin's rules are already there: add to them (the text says where).
+            noflush = ["--noflush"] if ns.config.iptables_noflush else []
             with worker.inside(ns.fd):
                 proc = subprocess.Popen(
-                    [RESTORE, "-w", "5"],
+                    [RESTORE, "-w", "5", *noflush],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,

@@ -18,10 +18,10 @@ class SimBackend:
     name = "sim"
     exact = True
 
-    def __init__(self, *, tracing: bool = True) -> None:
+    def __init__(self, *, tracing: bool = False) -> None:
         self.kernel: Kernel | None = None
-        # Traces cost several times the walk; the runner turns them on only
-        # to explain a failure.
+        # Traces cost several times the walk: off by default; the runner and
+        # compare turn them on to explain a failure or a disagreement.
         self.tracing = tracing
 
     def preflight(self) -> None:

@@ -32,6 +32,21 @@ class SimError(RuntimeError):
     """The configuration uses something the simulator does not model."""
 
 
+def _check_simulable(cfg: NetnsConfig) -> None:
+    """What only a real kernel can do: run CNI plugins, add rules to unknown ones."""
+    if cfg.cni:
+        raise SimError(
+            f"netns {cfg.name}: {len(cfg.cni)} CNI plugin attachment(s): the simulator does not run plugin "
+            "binaries; deploy on netns and simulate a snapshot of the result (backend sim-snapshot, "
+            "conformance.snapshot)"
+        )
+    if cfg.iptables_noflush:
+        raise SimError(
+            f"netns {cfg.name}: iptables-restore --noflush adds to rules the simulator does not know; "
+            "simulate a snapshot of the deployed node instead"
+        )
+
+
 # ---------------------------------------------------------------- topology
 
 
@@ -286,6 +301,7 @@ class Kernel:
         self.namespaces: dict[str, NetNS] = {}
         self._mac_counter = 0
         for cfg in dataplane.namespaces:
+            _check_simulable(cfg)
             self.namespaces[cfg.name] = NetNS(cfg.name, cfg.role)
         for cfg in dataplane.namespaces:
             self._build_links(cfg)
@@ -338,7 +354,8 @@ class Kernel:
             dev = self._dev(ns, dev_name, "address")
             dev.addresses.append(addr)
             ns.forget_addresses()
-            if addr.network.prefixlen < 32:
+            # A no-prefix-route address (the ptp plugin's pods) has no connected route.
+            if addr.network.prefixlen < 32 and (dev_name, addr) not in cfg.no_prefix_route:
                 ns.routes.append(RouteEntry(addr.network, dev, None, addr.ip))
         for r in cfg.routes:
             dev = self._dev(ns, r.dev, f"route {r.dst}")

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from conformance.dataplane import Dataplane
 from conformance.implementations.broken import BROKEN
+from conformance.implementations.cniplugins import CNI_IMPLEMENTATIONS
 from conformance.implementations.reference import REFERENCE_IMPLEMENTATION
 from conformance.model import Scenario
 
@@ -31,7 +32,11 @@ class Implementation(Protocol):
     def render(self, scenario: Scenario) -> Dataplane: ...
 
 
-IMPLEMENTATIONS: dict[str, Implementation] = {impl.name: impl for impl in (REFERENCE_IMPLEMENTATION, *BROKEN)}
+_ALL: tuple[Implementation, ...] = (REFERENCE_IMPLEMENTATION, *BROKEN, *CNI_IMPLEMENTATIONS)
+IMPLEMENTATIONS: dict[str, Implementation] = {impl.name: impl for impl in _ALL}
+# Implementations that run real CNI plugin binaries: a real kernel deploys
+# them, the simulator predicts them only from a snapshot (sim-snapshot).
+CNI_PLUGIN_IMPLEMENTATIONS: tuple[str, ...] = tuple(impl.name for impl in CNI_IMPLEMENTATIONS)
 
 
 def get_implementation(name: str) -> Implementation:
@@ -42,11 +47,17 @@ def get_implementation(name: str) -> Implementation:
         raise KeyError(f"unknown implementation {name!r}; valid names: {valid}") from None
 
 
-def broken_implementations() -> tuple[Implementation, ...]:
-    return tuple(impl for impl in IMPLEMENTATIONS.values() if impl.broken)
+def broken_implementations(*, cni_plugins: bool = False) -> tuple[Implementation, ...]:
+    """The broken variations; those running real CNI plugins only when asked (no plain sim for them)."""
+    return tuple(
+        impl
+        for impl in IMPLEMENTATIONS.values()
+        if impl.broken and (cni_plugins or impl.name not in CNI_PLUGIN_IMPLEMENTATIONS)
+    )
 
 
 __all__ = [
+    "CNI_PLUGIN_IMPLEMENTATIONS",
     "IMPLEMENTATIONS",
     "REFERENCE",
     "Implementation",

@@ -31,3 +31,5 @@ class Options:
     accept_local: bool = True
     # A CNI bridge-plugin ipMasq chain ahead of kube-proxy's KUBE-POSTROUTING jump.
     cni_masquerade_first: bool = False
+    # hostPorts DNATed as the portmap plugin does (False: left to real CNI plugins).
+    host_ports: bool = True

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from conformance.dataplane import Dataplane, NetnsConfig
-from conformance.implementations import cni, kubeproxy, netpol, wiring
+from conformance.implementations import cni, hostport, kubeproxy, netpol, wiring
 from conformance.implementations.options import Options
 from conformance.implementations.rules import Ruleset
 from conformance.model import Node, Scenario
@@ -25,6 +25,8 @@ def node_iptables(scenario: Scenario, node: Node, options: Options) -> str:
     # Rendered after kube-proxy: the policy engine inserts its jump above
     # kube-proxy's (KUBE-FORWARD accepts marked packets before policy could).
     netpol.render(ruleset, scenario, node, options)
+    if options.host_ports:
+        hostport.render(ruleset, scenario, node)
     if options.cni_masquerade_first:
         cni.render_first(ruleset, scenario, node)
     return ruleset.render()

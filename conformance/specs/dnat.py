@@ -6,6 +6,8 @@
 - A NodePort answers on every node's address. With externalTrafficPolicy
   Local, a client outside the cluster is served only by endpoints on the
   node it dialled, and the server sees the client's own address.
+- A hostPort answers on its node's address: served by that pod at its
+  containerPort (from pods, nodes and outside alike).
 - A Service without endpoints refuses at once (kube-proxy's REJECT).
 - Replies are un-NATed: the client sees the reply come from the address it
   dialled, never from the pod IP behind it.
@@ -46,8 +48,11 @@ def cases() -> st.SearchStrategy[Case]:
     )
 
 
-def _backends(s: Scenario, probe: Probe) -> tuple[Service, str, tuple[Pod, ...], int, bool] | None:
-    """(Service, what was dialled, possible servers, targetPort, source kept?); None: not a Service port."""
+def _backends(s: Scenario, probe: Probe) -> tuple[Service | None, str, tuple[Pod, ...], int, bool] | None:
+    """(Service or None for a hostPort, what was dialled, possible servers, target port, source kept?).
+
+    None: neither a Service port nor a hostPort.
+    """
     hit = semantics.service_for(s, probe.dst, probe.port, probe.protocol)
     if hit is not None:
         svc, sp = hit
@@ -63,6 +68,10 @@ def _backends(s: Scenario, probe: Probe) -> tuple[Service, str, tuple[Pod, ...],
         pods = semantics.expected_backends(s, svc, sp, client_node=node, via_nodeport=external)
         keeps_source = external and svc.external_traffic_policy == "Local"
         return svc, f"{svc.ref} NodePort on {node}", pods, sp.target_port, keeps_source
+    hp = semantics.hostport_for(s, node, probe.port, probe.protocol) if node else None
+    if node is not None and hp is not None:
+        pod, container_port = hp
+        return None, f"{pod.ref} hostPort on {node}", (pod,), container_port, False
     return None
 
 
@@ -116,7 +125,7 @@ def check(case: Case, observations: Sequence[Observation], exact: bool) -> list[
             if not pods:
                 if o.verdict == "delivered":
                     out.append(violation(probe, f"not served ({what} has no eligible endpoint)", o, p=p))
-                elif not s.endpoints(svc) and o.verdict != "refused":
+                elif svc is not None and not s.endpoints(svc) and o.verdict != "refused":
                     out.append(violation(probe, f"refused at once ({what} has no endpoints)", o, p=p))
                 continue
             if _known_asymmetry(s, probe) and (
@@ -163,11 +172,33 @@ def _local_nodeport() -> Case:
     )
 
 
+def host_port_scenario() -> Scenario:
+    """Classic, with pod-b's TCP 8080 published as hostPort 8443 on node-1."""
+    s = classic_scenario()
+    pod_b = s.pod("default/pod-b")
+    ports = tuple(replace(c, host_port=8443) if (c.port, c.protocol) == (8080, "TCP") else c for c in pod_b.ports)
+    return replace(s, pods=tuple(replace(p, ports=ports) if p is pod_b else p for p in s.pods))
+
+
+def _host_port() -> Case:
+    s = host_port_scenario()
+    node = s.nodes[0].ip
+    return Case(
+        s,
+        (
+            Probe("external", node, 8443, "TCP"),
+            Probe("pod:default/pod-a", node, 8443, "TCP"),
+            Probe("node:node-1", node, 8443, "TCP"),
+        ),
+    )
+
+
 def _classic() -> tuple[Case, ...]:
     s = classic_scenario()
     svc = s.services[0]
     return (
         _local_nodeport(),
+        _host_port(),
         Case(
             s,
             (

@@ -1,0 +1,219 @@
+"""Run real CNI plugins as a container runtime does, inside a node namespace.
+
+The CNI specification's protocol: for each plugin of a network configuration
+list, in order, execute the binary found in CNI_PATH with CNI_COMMAND,
+CNI_CONTAINERID, CNI_NETNS, CNI_IFNAME, CNI_ARGS and CNI_PATH in its
+environment and the plugin's configuration on stdin (cniVersion and name
+from the list, the previous plugin's result as prevResult, runtimeConfig
+for the capabilities it declares); its stdout is the result (or an error
+object). DEL runs the plugins in reverse order with the last ADD result.
+
+Plugins take the namespace they run in as the host (KERNEL-NOTES pitfall
+11), so each is started by the worker thread while it is inside the node
+namespace, never in the root namespace. host-local IPAM keeps its state in
+the run's own directory (its ``dataDir`` is always set there), and the
+plugins' ``iptables`` is iptables-legacy with a lock file in the run
+directory, like the backend's own rules (a shim directory first on PATH).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from backends.netns.build import BuildError, Netns
+from backends.netns.nsutil import NetnsWorker, netns_path
+from conformance.dataplane import CniAttachment
+
+DEFAULT_CNI_PATH = "/opt/cni/bin:/usr/lib/cni"  # upstream's location, then Debian's
+LEGACY_MULTI = "xtables-legacy-multi"
+SHIMMED = ("iptables", "iptables-save", "iptables-restore")
+PLUGIN_TIMEOUT = 30.0
+
+
+def cni_path() -> str:
+    return os.environ.get("NETCONFORMANCE_CNI_PATH", DEFAULT_CNI_PATH)
+
+
+def find_plugin(kind: str, path: str | None = None) -> Path | None:
+    for directory in (path or cni_path()).split(":"):
+        candidate = Path(directory) / kind
+        if directory and candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def missing_plugins(kinds: list[str], path: str | None = None) -> list[str]:
+    return [k for k in kinds if find_plugin(k, path) is None]
+
+
+def plugin_types(conflist: str) -> list[str]:
+    data = json.loads(conflist)
+    types = [str(p.get("type")) for p in data.get("plugins", [])]
+    for p in data.get("plugins", []):
+        ipam = p.get("ipam")
+        if isinstance(ipam, dict) and ipam.get("type"):
+            types.append(str(ipam["type"]))
+    return types
+
+
+def iptables_shim(run_dir: Path) -> Path:
+    """A directory whose iptables, iptables-save, iptables-restore are the legacy ones."""
+    shim = run_dir / "cni-bin"
+    multi = shutil.which(LEGACY_MULTI) or shutil.which(LEGACY_MULTI, path="/usr/sbin:/sbin")
+    if multi is None:
+        raise BuildError(f"{LEGACY_MULTI} not found: install the Debian package 'iptables'")
+    shim.mkdir(mode=0o700, exist_ok=True)
+    for name in SHIMMED:
+        link = shim / name
+        if not link.is_symlink():
+            link.symlink_to(multi)  # xtables-legacy-multi acts as argv[0] says
+    return shim
+
+
+@dataclass
+class Attached:
+    """One ADD that succeeded: what DEL needs."""
+
+    node: str  # logical node namespace
+    attachment: CniAttachment
+    result: dict[str, Any]
+
+
+def _plugin_config(
+    conflist: Mapping[str, Any],
+    plugin: Mapping[str, Any],
+    prev: dict[str, Any] | None,
+    capabilities: Mapping[str, Any],
+    data_dir: Path,
+) -> dict[str, Any]:
+    conf = dict(plugin)
+    conf["cniVersion"] = conflist.get("cniVersion", "1.0.0")
+    conf["name"] = conflist["name"]
+    if prev is not None:
+        conf["prevResult"] = prev
+    declared = plugin.get("capabilities") or {}
+    runtime = {k: v for k, v in capabilities.items() if declared.get(k)}
+    if runtime:
+        conf["runtimeConfig"] = runtime
+    ipam = conf.get("ipam")
+    if isinstance(ipam, dict) and ipam.get("type") == "host-local":
+        conf["ipam"] = {**ipam, "dataDir": str(data_dir)}  # never the host's /var/lib/cni
+    return conf
+
+
+class CniRunner:
+    """Executes attachments for one backend run (worker thread only)."""
+
+    def __init__(self, worker: NetnsWorker, run_dir: Path) -> None:
+        self.worker = worker
+        self.run_dir = run_dir
+        self.attached: list[Attached] = []
+
+    def ipam_dir(self, node: Netns) -> Path:
+        return self.run_dir / "cni-ipam" / node.kname
+
+    def reset_ipam(self, node: Netns) -> None:
+        """A new build starts from empty IPAM state (the old namespaces, and their pods, are gone)."""
+        shutil.rmtree(self.ipam_dir(node), ignore_errors=True)
+
+    def add(self, node: Netns, namespaces: Mapping[str, Netns]) -> None:
+        for att in node.config.cni:
+            conflist = json.loads(att.conflist)
+            capabilities = json.loads(att.capability_args or "{}")
+            prev: dict[str, Any] | None = None
+            for plugin in conflist.get("plugins", []):
+                conf = _plugin_config(conflist, plugin, prev, capabilities, self.ipam_dir(node))
+                out = self._exec("ADD", node, namespaces, att, conf)
+                if out:
+                    prev = out
+            if prev is None:
+                raise BuildError(f"{node.config.name}: CNI ADD for {att.netns}: no plugin returned a result")
+            self.attached.append(Attached(node.config.name, att, prev))
+
+    def delete(self, node: Netns, namespaces: Mapping[str, Netns]) -> list[str]:
+        """DEL every attachment made in `node`, plugins in reverse order; returns the errors."""
+        errors: list[str] = []
+        mine = [a for a in self.attached if a.node == node.config.name]
+        for done in reversed(mine):
+            conflist = json.loads(done.attachment.conflist)
+            capabilities = json.loads(done.attachment.capability_args or "{}")
+            for plugin in reversed(conflist.get("plugins", [])):
+                conf = _plugin_config(conflist, plugin, done.result, capabilities, self.ipam_dir(node))
+                try:
+                    self._exec("DEL", node, namespaces, done.attachment, conf)
+                except BuildError as e:
+                    errors.append(str(e))
+            self.attached.remove(done)
+        return errors
+
+    def forget(self) -> None:
+        self.attached = []
+
+    def _exec(
+        self,
+        command: str,
+        node: Netns,
+        namespaces: Mapping[str, Netns],
+        att: CniAttachment,
+        conf: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        kind = str(conf.get("type"))
+        where = f"{node.config.name}: CNI {kind} {command} for {att.netns}"
+        binary = find_plugin(kind)
+        if binary is None:
+            raise BuildError(
+                f"{where}: no plugin {kind!r} in CNI_PATH {cni_path()} (Debian: containernetworking-plugins)"
+            )
+        pod = namespaces.get(att.netns)
+        if pod is None:
+            raise BuildError(f"{where}: no namespace {att.netns!r} in this dataplane")
+        env = {
+            "PATH": f"{iptables_shim(self.run_dir)}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": att.container_id,
+            "CNI_NETNS": str(netns_path(pod.kname)),
+            "CNI_IFNAME": att.ifname,
+            "CNI_ARGS": ";".join(f"{k}={v}" for k, v in att.args),
+            "CNI_PATH": cni_path(),
+            "XTABLES_LOCKFILE": str(self.run_dir / f"{node.kname}.xtables.lock"),
+        }
+        # The child inherits the worker thread's namespace: started inside the node.
+        with self.worker.inside(node.fd):
+            proc = subprocess.Popen(
+                [str(binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+            )
+        try:
+            out, err = proc.communicate(json.dumps(conf).encode(), timeout=PLUGIN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise BuildError(f"{where}: no answer within {PLUGIN_TIMEOUT:.0f}s") from None
+        if proc.returncode != 0:
+            raise BuildError(f"{where}: exit {proc.returncode}: {_error_text(out, err)}")
+        if not out.strip():
+            return None
+        try:
+            result = json.loads(out)
+        except json.JSONDecodeError as e:
+            raise BuildError(f"{where}: result is not JSON ({e}): {out[:200]!r}") from None
+        if not isinstance(result, dict):
+            raise BuildError(f"{where}: result is not a JSON object")
+        return result
+
+
+def _error_text(out: bytes, err: bytes) -> str:
+    # A plugin reports failure as {"code": n, "msg": ..., "details": ...} on stdout.
+    try:
+        data = json.loads(out)
+        text = str(data.get("msg", "")) + (f" ({data['details']})" if data.get("details") else "")
+    except (json.JSONDecodeError, AttributeError):
+        text = out.decode(errors="replace").strip()
+    extra = err.decode(errors="replace").strip()
+    return "; ".join(t for t in (text, extra[:300]) if t) or "no error message"

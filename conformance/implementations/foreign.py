@@ -1,0 +1,94 @@
+"""A proxy's own rules under test: a user-supplied iptables-save ruleset and the cluster it was made for.
+
+Take the rules a real proxy wrote (``iptables-save`` on a kube-proxy node,
+say) together with the Services, endpoints and nodes they were made for (a
+scenario file), and the specs judge that proxy's output on every backend:
+the reference topology carries the pods, and each node whose rules were
+supplied gets exactly those rules (restored as they are, comment lines
+dropped); other nodes get the reference renderer's.
+
+Such rules only mean something for their own cluster, so this
+implementation renders that one scenario and refuses any other: drive the
+specs with `fixed_cases(spec, scenario)` (the spec's kinds of probe, drawn
+within the fixed scenario) rather than the specs' own scenario strategies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from hypothesis import strategies as st
+
+from conformance import strategies
+from conformance.cases import Case
+from conformance.dataplane import Dataplane
+from conformance.implementations import wiring
+from conformance.implementations.reference import REFERENCE_OPTIONS, render
+from conformance.loader import load_scenario
+from conformance.model import Scenario
+from conformance.probes import Probe
+from conformance.snapshot import clean_rules
+from conformance.specs.common import cases_of
+
+
+class ForeignScenarioError(ValueError):
+    """The ruleset was made for another cluster than the one asked for."""
+
+
+@dataclass(frozen=True)
+class ForeignRuleset:
+    name: str
+    description: str
+    scenario: Scenario
+    rules: Mapping[str, str] = field(default_factory=dict)  # node name -> iptables-save text
+    broken: bool = False
+
+    def render(self, scenario: Scenario) -> Dataplane:
+        if scenario != self.scenario:
+            raise ForeignScenarioError(
+                f"{self.name}: the ruleset was made for scenario {self.scenario.name!r}; "
+                "it cannot render another cluster (drive the specs with fixed_cases)"
+            )
+        base = render(scenario, REFERENCE_OPTIONS, self.name)
+        nodes = {wiring.node_netns(n): n.name for n in scenario.nodes}
+        namespaces = tuple(
+            replace(ns, iptables=clean_rules(self.rules[nodes[ns.name]]))
+            if ns.name in nodes and nodes[ns.name] in self.rules
+            else ns
+            for ns in base.namespaces
+        )
+        return replace(base, namespaces=namespaces)
+
+
+def load(rules: Mapping[str, Path], scenario: Path, *, name: str | None = None) -> ForeignRuleset:
+    """From files: node name -> iptables-save file, and the scenario (YAML) they were made for."""
+    s = load_scenario(scenario)
+    unknown = sorted(set(rules) - {n.name for n in s.nodes})
+    if unknown:
+        raise ForeignScenarioError(f"{scenario}: no node(s) {', '.join(unknown)} for the supplied rules")
+    shown = ", ".join(f"{node}={path.name}" for node, path in sorted(rules.items()))
+    return ForeignRuleset(
+        name=name or f"rules:{shown}",
+        description=f"iptables rules {shown} for {scenario.name}; other nodes: reference rules",
+        scenario=s,
+        rules={node: path.read_text() for node, path in rules.items()},
+    )
+
+
+# The probes each spec judges, drawn within a fixed scenario: the same kinds the
+# spec's own cases draw. policy and accept-local build their scenarios around
+# their probes (policies, knobs), so a fixed cluster cannot serve them.
+FIXED_PROBES: dict[str, Callable[[Scenario], st.SearchStrategy[Probe]]] = {
+    "connectivity": lambda s: strategies.probes(s, kinds=("pod",)),
+    "dnat": lambda s: strategies.probes(s, kinds=("service", "nodeport", "wrong-port")),
+    "hairpin": strategies.hairpin_probes,
+}
+
+
+def fixed_cases(spec: str, scenario: Scenario, *, max_probes: int = 4) -> st.SearchStrategy[Case]:
+    """Cases for `spec` within one fixed scenario (the cluster a foreign ruleset was made for)."""
+    if spec not in FIXED_PROBES:
+        raise KeyError(f"spec {spec!r} cannot run on a fixed scenario (those that can: {', '.join(FIXED_PROBES)})")
+    return cases_of(st.just(scenario), FIXED_PROBES[spec], max_probes=max_probes)

@@ -1,0 +1,290 @@
+"""Real CNI plugins as the wiring, on the real kernel and on the simulator through snapshots.
+
+The end-to-end tests need root and the plugins (Debian's
+containernetworking-plugins); they are skipped with the reason otherwise,
+and fail instead when NETCONFORMANCE_REQUIRE_BACKENDS names "netns". The
+unit tests at the end need neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from backends import BackendUnavailable
+from backends.netns import NetnsBackend
+from backends.netns.cni import _plugin_config, find_plugin
+from backends.sim import SimBackend, SimError
+from backends.sim_snapshot import SimSnapshotBackend
+from conformance.cases import Case
+from conformance.dataplane import Dataplane
+from conformance.implementations import broken_implementations, get_implementation
+from conformance.implementations.cniplugins import CNI_IMPLEMENTATIONS, from_file, noflush_rules
+from conformance.probes import Observation, Outcome, Probe
+from conformance.specs import all_specs
+from conformance.specs.dnat import host_port_scenario
+from conformance.strategies import classic_scenario
+
+REPO = Path(__file__).resolve().parent.parent
+NODE = IPv4Address("172.18.0.2")
+SVC = IPv4Address("10.96.0.100")
+POD_A, POD_B = "pod:default/pod-a", "pod:default/pod-b"
+
+
+def _required() -> bool:
+    wanted = os.environ.get("NETCONFORMANCE_REQUIRE_BACKENDS", "")
+    return "netns" in {name.strip() for name in wanted.split(",")}
+
+
+@pytest.fixture(scope="module")
+def privileged(request: pytest.FixtureRequest) -> None:
+    chosen = {n.strip() for n in str(request.config.getoption("--backend")).split(",")}
+    if "netns" not in chosen and not _required():
+        pytest.skip("the netns backend is not selected (run with --backend netns)")
+    try:
+        NetnsBackend().preflight()
+        missing = [k for k in ("bridge", "ptp", "host-local", "portmap") if find_plugin(k) is None]
+        if missing:
+            raise BackendUnavailable(f"CNI plugins {missing} not found (apt-get install containernetworking-plugins)")
+    except BackendUnavailable as e:
+        if _required():
+            pytest.fail(f"netns backend with CNI plugins required but unavailable: {e}")
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def live(privileged: None) -> Iterator[NetnsBackend]:
+    b = NetnsBackend()
+    yield b
+    b.teardown()
+    assert b.cni_errors == []
+
+
+@pytest.fixture(scope="module")
+def predicted(live: NetnsBackend) -> SimSnapshotBackend:
+    return SimSnapshotBackend(live=live)  # shares the live backend: the snapshot is of what is probed
+
+
+def _both(predictor: SimSnapshotBackend, dataplane: Dataplane, probes: list[Probe]) -> list[tuple[Observation, Outcome]]:
+    """Deploy once, then (sim prediction from the snapshot, the kernel's sample) per probe."""
+    predictor.deploy(dataplane)
+    live = predictor.live
+    assert isinstance(live, NetnsBackend)
+    live.reset()
+    samples = [obs.outcomes[0][0] for obs in live.observe(probes)]
+    return list(zip(predictor.observe(probes), samples, strict=True))
+
+
+def _agree(pairs: list[tuple[Observation, Outcome]]) -> None:
+    bad = [f"{p.probe}: kernel {o.summary()}; sim {p.describe()}" for p, o in pairs if o not in p.possible]
+    assert not bad, "\n".join(bad)
+
+
+def _spec_violations(spec: str, case: Case, pairs: list[tuple[Observation, Outcome]]) -> tuple[list[str], list[str]]:
+    """The spec's verdict on the simulator's prediction and on the kernel's samples."""
+    check = all_specs()[spec].check
+    on_sim = check(case, [p for p, _ in pairs], True)
+    on_kernel = check(case, [Observation(p.probe, ((o, 1.0),), exact=False) for p, o in pairs], False)
+    return on_sim, on_kernel
+
+
+HAIRPIN = Case(
+    host_port_scenario(),
+    (
+        Probe(POD_B, SVC, 80, "TCP"),  # pod-b to itself through its Service
+        Probe(POD_B, SVC, 80, "UDP"),
+        Probe(POD_B, NODE, 8443, "TCP"),  # pod-b to itself through its hostPort
+    ),
+)
+DNAT = Case(
+    host_port_scenario(),
+    (
+        Probe(POD_A, SVC, 80, "TCP"),
+        Probe(POD_A, SVC, 80, "UDP"),
+        Probe(POD_A, SVC, 81, "TCP"),  # a port the Service lacks
+        Probe("external", NODE, 8443, "TCP"),  # hostPort from outside
+        Probe(POD_A, NODE, 8443, "TCP"),  # hostPort from another pod
+        Probe("node:node-1", NODE, 8443, "TCP"),  # hostPort from the node itself (nat OUTPUT)
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    ("implementation", "hairpin_fails"),
+    [
+        ("cni-bridge", False),
+        ("cni-bridge-no-hairpin", True),
+        ("cni-ptp", False),
+        ("cni-bridge-ipmasq", False),
+        ("cni-bridge-masq-first", True),
+    ],
+)
+def test_hairpin_spec_tells_profiles_apart(
+    predicted: SimSnapshotBackend, implementation: str, hairpin_fails: bool
+) -> None:
+    dataplane = get_implementation(implementation).render(HAIRPIN.scenario)
+    pairs = _both(predicted, dataplane, list(HAIRPIN.probes))
+    _agree(pairs)
+    on_sim, on_kernel = _spec_violations("hairpin", HAIRPIN, pairs)
+    assert bool(on_sim) == hairpin_fails, on_sim
+    assert bool(on_kernel) == hairpin_fails, on_kernel
+    if implementation == "cni-bridge-masq-first":
+        # Only the ClusterIP hairpin: portmap's own hostPort masquerade sits above the CNI chain.
+        assert all(str(NODE) not in v for v in on_kernel), on_kernel
+    if implementation == "cni-bridge-no-hairpin":
+        assert any(f"{NODE}:8443" in v for v in on_kernel), "hostPort hairpin needs hairpin mode too"
+
+
+@pytest.mark.parametrize("implementation", ["cni-bridge", "cni-ptp"])
+def test_dnat_spec_covers_host_ports(predicted: SimSnapshotBackend, implementation: str) -> None:
+    dataplane = get_implementation(implementation).render(DNAT.scenario)
+    pairs = _both(predicted, dataplane, list(DNAT.probes))
+    _agree(pairs)
+    assert _spec_violations("dnat", DNAT, pairs) == ([], [])
+    served = {str(p.probe): o.served_by for p, o in pairs}
+    assert served[str(Probe("external", NODE, 8443, "TCP"))] == "default/pod-b"
+
+
+def test_masquerade_order_is_the_cause(predicted: SimSnapshotBackend) -> None:
+    """The same conflist, two orders: the bridge plugin's ACCEPT ahead of KUBE-POSTROUTING loses hairpin SNAT."""
+    probe = Probe(POD_B, SVC, 80, "TCP")
+    outcomes = {}
+    for name in ("cni-bridge-ipmasq", "cni-bridge-masq-first"):
+        impl = get_implementation(name)
+        assert json.loads(impl.render(HAIRPIN.scenario).netns("node-node-1").cni[0].conflist)["plugins"][0]["ipMasq"]
+        [(prediction, sample)] = _both(predicted, impl.render(HAIRPIN.scenario), [probe])
+        assert sample in prediction.possible
+        snapshot = predicted.snapshot
+        assert snapshot is not None
+        postrouting = [
+            line for line in snapshot.netns("node-node-1").iptables.splitlines() if line.startswith("-A POSTROUTING")
+        ]
+        kube = next(i for i, line in enumerate(postrouting) if "KUBE-POSTROUTING" in line)
+        cni = next(i for i, line in enumerate(postrouting) if "-s 10.244.1.11/32" in line)
+        assert (kube < cni) == (name == "cni-bridge-ipmasq"), postrouting
+        outcomes[name] = sample
+    assert outcomes["cni-bridge-ipmasq"].verdict == "delivered"
+    assert outcomes["cni-bridge-ipmasq"].server_saw == IPv4Address("10.244.1.1")
+    assert outcomes["cni-bridge-masq-first"].verdict == "dropped"
+
+
+def test_ipmasq_snats_pods_on_other_nodes(predicted: SimSnapshotBackend) -> None:
+    """bridge ipMasq ACCEPTs only its own node's subnet: pod-to-pod across nodes is SNATed (no-NAT broken)."""
+    s = classic_scenario()
+    node2 = dataclasses.replace(s.nodes[0], name="node-2", ip=IPv4Address("172.18.0.3"), pod_cidr=IPv4Network("10.244.2.0/24"))
+    pod_c = dataclasses.replace(s.pods[0], name="pod-c", node="node-2", ip=IPv4Address("10.244.2.10"))
+    s = dataclasses.replace(s, nodes=(*s.nodes, node2), pods=(*s.pods, pod_c))
+    probe = Probe(POD_A, pod_c.ip, 8080, "TCP")
+    for name, saw in (("cni-bridge", IPv4Address("10.244.1.10")), ("cni-bridge-ipmasq", NODE)):
+        [(prediction, sample)] = _both(predicted, get_implementation(name).render(s), [probe])
+        assert sample in prediction.possible
+        assert sample.server_saw == saw, (name, sample.summary())
+
+
+def test_ptp_routes_each_pod_by_a_host_route(predicted: SimSnapshotBackend) -> None:
+    _both(predicted, get_implementation("cni-ptp").render(classic_scenario()), [Probe(POD_A, SVC, 80, "TCP")])
+    snap = predicted.snapshot
+    assert snap is not None
+    node = snap.netns("node-node-1")
+    assert {str(r.dst) for r in node.routes} >= {"10.244.1.10/32", "10.244.1.11/32"}
+    assert ("eth0", IPv4Interface("10.244.1.10/24")) in snap.netns("pod-default-pod-a").no_prefix_route
+    assert not [link for link in node.links if link.kind == "bridge"]
+
+
+def test_delete_undoes_what_add_did(privileged: None) -> None:
+    b = NetnsBackend()
+    try:
+        b.deploy(get_implementation("cni-bridge").render(host_port_scenario()))
+        before = b.snapshot()
+        assert "CNI-HOSTPORT-DNAT" in before.netns("node-node-1").iptables
+        assert b.cni_delete() == []
+        after = b.snapshot()
+        assert "CNI-DN-" not in after.netns("node-node-1").iptables
+        assert after.netns("pod-default-pod-a").addresses == ()
+        assert not [lk for lk in after.netns("node-node-1").links if lk.kind == "veth"]
+        # host-local released the addresses: the same pods attach again.
+        b.deploy(get_implementation("cni-bridge").render(host_port_scenario()))
+        assert b.snapshot().netns("pod-default-pod-b").addresses == (("eth0", IPv4Interface("10.244.1.11/24")),)
+    finally:
+        b.teardown()
+    assert b.cni_errors == []
+
+
+def test_ipam_state_stays_in_the_run_directory(live: NetnsBackend) -> None:
+    live.deploy(get_implementation("cni-bridge").render(classic_scenario()))
+    record = live._record
+    assert record is not None
+    stored = list((Path(record.run_dir) / "cni-ipam").rglob("10.244.1.*"))
+    assert sorted(p.name for p in stored) == ["10.244.1.10", "10.244.1.11"]
+
+
+# -- no privileges needed ------------------------------------------------------------
+
+
+def test_simulator_refuses_cni_attachments_and_says_what_to_do() -> None:
+    dataplane = get_implementation("cni-bridge").render(classic_scenario())
+    with pytest.raises(SimError, match="snapshot"):
+        SimBackend().deploy(dataplane)
+
+
+def test_cni_implementations_are_not_plain_sim_mutants() -> None:
+    names = {i.name for i in broken_implementations()}
+    assert not names & {i.name for i in CNI_IMPLEMENTATIONS}
+    assert {"cni-bridge-no-hairpin", "cni-bridge-masq-first"} <= {
+        i.name for i in broken_implementations(cni_plugins=True)
+    }
+
+
+def test_render_asks_for_the_scenarios_addresses_and_host_ports() -> None:
+    s = host_port_scenario()
+    node = get_implementation("cni-bridge").render(s).netns("node-node-1")
+    assert node.iptables_noflush and node.links == ()
+    by_pod = {a.netns: a for a in node.cni}
+    pod_b = by_pod["pod-default-pod-b"]
+    assert ("IP", "10.244.1.11") in pod_b.args
+    assert json.loads(pod_b.capability_args) == {
+        "portMappings": [{"hostPort": 8443, "containerPort": 8080, "protocol": "tcp"}]
+    }
+    ranges = json.loads(pod_b.conflist)["plugins"][0]["ipam"]["ranges"]
+    assert ranges == [[{"subnet": "10.244.1.0/24", "gateway": "10.244.1.1"}]]
+    # No hostPort rules of the reference's own: portmap writes them.
+    assert "CNI-HOSTPORT" not in node.iptables
+
+
+def test_noflush_rules_insert_or_append_in_builtin_chains() -> None:
+    text = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-X - [0:0]\n-A PREROUTING -j KUBE-X\n-A PREROUTING -j KUBE-Y\n"
+    text += "-A KUBE-X -j RETURN\nCOMMIT\n"
+    first = noflush_rules(text, proxy_first=True)
+    assert "-I PREROUTING 1 -j KUBE-X\n-I PREROUTING 2 -j KUBE-Y\n" in first
+    assert ":PREROUTING" not in first and ":KUBE-X - [0:0]" in first and "-A KUBE-X -j RETURN" in first
+    after = noflush_rules(text, proxy_first=False)
+    assert "-A PREROUTING -j KUBE-X\n-A PREROUTING -j KUBE-Y\n" in after
+
+
+def test_plugin_config_follows_the_spec(tmp_path: Path) -> None:
+    conflist = {"cniVersion": "1.0.0", "name": "net"}
+    plugin = {"type": "portmap", "capabilities": {"portMappings": True}, "ipam": {"type": "host-local"}}
+    caps = {"portMappings": [{"hostPort": 1}], "bandwidth": {"rate": 1}}
+    conf = _plugin_config(conflist, plugin, {"cniVersion": "1.0.0"}, caps, tmp_path)
+    assert conf["cniVersion"] == "1.0.0" and conf["name"] == "net"
+    assert conf["prevResult"] == {"cniVersion": "1.0.0"}
+    assert conf["runtimeConfig"] == {"portMappings": [{"hostPort": 1}]}  # only declared capabilities
+    assert conf["ipam"]["dataDir"] == str(tmp_path)
+    assert "prevResult" not in _plugin_config(conflist, plugin, None, {}, tmp_path)
+
+
+def test_user_conflist_with_placeholders(tmp_path: Path) -> None:
+    path = tmp_path / "10-mynet.conflist"
+    path.write_text((REPO / "tests" / "cni" / "bridge.conflist").read_text())
+    impl = from_file(path)
+    node = impl.render(classic_scenario()).netns("node-node-1")
+    assert "10.244.1.0/24" in node.cni[0].conflist and "{podCIDR}" not in node.cni[0].conflist
+    path.write_text('{"cniVersion": "1.0.0", "name": "x", "type": "bridge"}')
+    with pytest.raises(ValueError, match="plugins"):
+        from_file(path)
