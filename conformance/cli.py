@@ -20,6 +20,8 @@ from typing import NoReturn
 from backends import Backend, BackendUnavailable, backend_names, get_backend
 from backends.sim.iptables import RulesetError
 from backends.sim.kernel import SimError
+from conformance.bench import render as render_bench
+from conformance.bench import run_bench
 from conformance.cases import dump_case, load_case
 from conformance.compare import CompareResult, run_compare
 from conformance.implementations import IMPLEMENTATIONS, REFERENCE, broken_implementations, get_implementation
@@ -280,6 +282,17 @@ def _import_backend_module(name: str) -> object | None:
         return None
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    figures = run_bench(
+        backends=_split(args.backends),
+        tox_envs=_split(args.tox) if args.tox else [],
+        compare_examples=args.compare_examples,
+        out_dir=Path(args.out),
+    )
+    print(render_bench(figures))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     print("specs:")
     for s in all_specs().values():
@@ -351,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     cl.set_defaults(func=cmd_cleanup)
 
     register_report(sub)
+
+    bn = sub.add_parser("bench", help="measure the simulator and the real-kernel backend; print figures")
+    bn.add_argument("--backends", default="sim,netns", help="backends to measure (unavailable ones are noted)")
+    bn.add_argument("--tox", default="", help="also time these tox envs, e.g. sim,netns (slow)")
+    bn.add_argument("--compare-examples", type=int, default=100)
+    bn.add_argument("--out", default="reports/bench", help="where the JSON figures go")
+    bn.set_defaults(func=cmd_bench)
 
     ls = sub.add_parser("list", help="specs, implementations and backends")
     ls.set_defaults(func=cmd_list)

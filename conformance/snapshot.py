@@ -214,7 +214,8 @@ def parse_routes(
         via = IPv4Address(item["gateway"]) if "gateway" in item else None
         routes.append(Route(dst, dev, via=via, src=prefsrc))
     no_prefix = tuple((d, a) for d, a in addresses if a.network.prefixlen < 32 and (d, a.network) not in connected)
-    return tuple(routes), no_prefix
+    # On-link routes first: a gateway must be reachable when its route is added (ptp's /32 to the gateway).
+    return tuple(sorted(routes, key=lambda r: r.via is not None)), no_prefix
 
 
 def _check_rules(text: str, where: str) -> None:

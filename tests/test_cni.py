@@ -71,7 +71,9 @@ def predicted(live: NetnsBackend) -> SimSnapshotBackend:
     return SimSnapshotBackend(live=live)  # shares the live backend: the snapshot is of what is probed
 
 
-def _both(predictor: SimSnapshotBackend, dataplane: Dataplane, probes: list[Probe]) -> list[tuple[Observation, Outcome]]:
+def _both(
+    predictor: SimSnapshotBackend, dataplane: Dataplane, probes: list[Probe]
+) -> list[tuple[Observation, Outcome]]:
     """Deploy once, then (sim prediction from the snapshot, the kernel's sample) per probe."""
     predictor.deploy(dataplane)
     live = predictor.live
@@ -177,7 +179,9 @@ def test_masquerade_order_is_the_cause(predicted: SimSnapshotBackend) -> None:
 def test_ipmasq_snats_pods_on_other_nodes(predicted: SimSnapshotBackend) -> None:
     """bridge ipMasq ACCEPTs only its own node's subnet: pod-to-pod across nodes is SNATed (no-NAT broken)."""
     s = classic_scenario()
-    node2 = dataclasses.replace(s.nodes[0], name="node-2", ip=IPv4Address("172.18.0.3"), pod_cidr=IPv4Network("10.244.2.0/24"))
+    node2 = dataclasses.replace(
+        s.nodes[0], name="node-2", ip=IPv4Address("172.18.0.3"), pod_cidr=IPv4Network("10.244.2.0/24")
+    )
     pod_c = dataclasses.replace(s.pods[0], name="pod-c", node="node-2", ip=IPv4Address("10.244.2.10"))
     s = dataclasses.replace(s, nodes=(*s.nodes, node2), pods=(*s.pods, pod_c))
     probe = Probe(POD_A, pod_c.ip, 8080, "TCP")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from backends.docker.wire import Json, Part, decode_part, decode_probe, encode_outcome
 from backends.netns import build
@@ -354,14 +356,17 @@ class Agent:
 
             self.worker.run(delete)
             cni.forget()
+        # The container's links first: deleting a veth takes its pod end at once,
+        # while a deleted namespace lets go of its devices only later (pitfall 5),
+        # and the next build reuses the same device names.
+        if self.own is not None:
+            self.worker.run(self._clear_own)
         for ns in self.inner.values():
             if ns.fd >= 0:
                 os.close(ns.fd)
                 ns.fd = -1
             delete_netns(ns.kname)
         self.inner = {}
-        if self.own is not None:
-            self.worker.run(self._clear_own)
         self.own = None
         self.part = None
 
@@ -373,7 +378,11 @@ class Agent:
                 for msg in ipr.get_links():
                     index = int(msg["index"])
                     if index != self.uplink_index and msg.get("IFLA_IFNAME") != "lo":
-                        ipr.link("del", index=index)
+                        try:
+                            ipr.link("del", index=index)
+                        except NetlinkError as e:
+                            if e.code != errno.ENODEV:  # went with its peer already
+                                raise
                 ipr.link("set", index=self.uplink_index, state="down", master=0)
                 ipr.flush_addr(index=self.uplink_index)
                 ipr.flush_routes(table=254)  # (a link going down forgets its neighbours)

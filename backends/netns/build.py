@@ -24,6 +24,7 @@ from conformance.dataplane import Link, NetnsConfig
 RESTORE = "iptables-legacy-restore"
 IFF_UP = 0x1
 IFA_F_NOPREFIXROUTE = 0x200
+RT_SCOPE_LINK = 253
 
 # Builtin chains per table, to reset a table a new ruleset no longer names.
 BUILTIN_CHAINS = {
@@ -167,6 +168,8 @@ def configure(worker: NetnsWorker, ns: Netns) -> None:
                 spec: dict[str, object] = {"dst": str(route.dst), "oif": _index(indexes, ns, route.dev)}
                 if route.via is not None:
                     spec["gateway"] = str(route.via)
+                else:
+                    spec["scope"] = RT_SCOPE_LINK  # as `ip route add` does: a gateway may sit behind it
                 if route.src is not None:
                     spec["prefsrc"] = str(route.src)
                 try:

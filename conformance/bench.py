@@ -1,0 +1,212 @@
+"""`netconformance bench`: the figures that decide whether the suite gets used.
+
+Benchmarks print figures and write them as JSON; nothing here passes or
+fails on timing (the machines are shared and noisy).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from backends import Backend, BackendUnavailable, get_backend
+from backends.sim import SimBackend
+from backends.sim.kernel import Kernel
+from conformance.compare import run_compare
+from conformance.implementations import get_implementation
+from conformance.model import ContainerPort, Node, Pod, Scenario, Service, ServicePort
+from conformance.probes import Probe
+from conformance.strategies import classic_scenario
+
+
+def medium_scenario() -> Scenario:
+    """3 nodes, 12 pods (4 per node), 10 Services with endpoints spread over the nodes."""
+    nodes = tuple(
+        Node(f"node-{i}", IPv4Address(f"172.18.0.{i + 1}"), IPv4Network(f"10.244.{i}.0/24")) for i in (1, 2, 3)
+    )
+    pods = tuple(
+        Pod(
+            "default",
+            f"pod-{n}-{j}",
+            f"node-{n}",
+            IPv4Address(f"10.244.{n}.{10 + j}"),
+            labels=(("app", f"a{(n + j) % 5}"),),
+            ports=(ContainerPort(8080, "TCP"), ContainerPort(8080, "UDP")),
+        )
+        for n in (1, 2, 3)
+        for j in range(4)
+    )
+    services = tuple(
+        Service(
+            "default",
+            f"svc-{k}",
+            IPv4Address(f"10.96.0.{10 + k}"),
+            (ServicePort(80, 8080, "TCP", "tcp"), ServicePort(80, 8080, "UDP", "udp")),
+            selector=(("app", f"a{k % 5}"),),
+        )
+        for k in range(10)
+    )
+    return Scenario(nodes=nodes, pods=pods, services=services, name="bench-3x12")
+
+
+def large_scenario(services: int = 1000) -> Scenario:
+    """One node, 3 endpoint pods, `services` Services selecting all three (kube-proxy-sized rulesets)."""
+    base = classic_scenario()
+    node = base.nodes[0]
+    pods = tuple(
+        Pod(
+            "default",
+            f"ep-{j}",
+            node.name,
+            IPv4Address(f"10.244.1.{20 + j}"),
+            (("app", "big"),),
+            (ContainerPort(8080),),
+        )
+        for j in range(3)
+    )
+    client = replace(base.pod("default/pod-a"), ports=())
+    svcs = tuple(
+        Service(
+            "default",
+            f"svc-{k}",
+            IPv4Address(int(IPv4Address("10.96.16.0")) + k),
+            (ServicePort(80, 8080, "TCP", "http"),),
+            selector=(("app", "big"),),
+        )
+        for k in range(services)
+    )
+    return Scenario(nodes=(node,), pods=(client, *pods), services=svcs, name=f"bench-{services}-services")
+
+
+def _rate(fn: Callable[[], int], *, seconds: float = 2.0) -> float:
+    """Units per second of `fn` (which returns how many units it did), run for about `seconds`."""
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        done += fn()
+    return done / (time.perf_counter() - start)
+
+
+def _probes_of(s: Scenario, n: int) -> list[Probe]:
+    clients = [f"pod:{p.ref}" for p in s.pods]
+    out = []
+    for i in range(n):
+        svc = s.services[i % len(s.services)]
+        sp = svc.ports[i % len(svc.ports)]
+        out.append(Probe(clients[i % len(clients)], svc.cluster_ip, sp.port, sp.protocol))
+    return out
+
+
+def bench_sim(figures: dict[str, object]) -> None:
+    for label, scenario in (("classic", classic_scenario()), ("3x12x10", medium_scenario())):
+        sim = SimBackend()
+        sim.deploy(get_implementation("reference").render(scenario))
+        probes = _probes_of(scenario, 16)
+        figures[f"sim_probes_per_s_{label}"] = round(_rate(lambda sim=sim, probes=probes: len(sim.observe(probes))))
+    big = large_scenario()
+    dataplane = get_implementation("reference").render(big)
+    rules = sum(ns.iptables.count("\n-A ") for ns in dataplane.namespaces)
+    start = time.perf_counter()
+    kernel = Kernel(dataplane)
+    figures["sim_parse_1000_services_s"] = round(time.perf_counter() - start, 3)
+    figures["sim_rules_1000_services"] = rules
+    sim = SimBackend()
+    sim.kernel = kernel
+    probes = _probes_of(big, 64)
+    figures["sim_probes_per_s_1000_services"] = round(_rate(lambda: len(sim.observe(probes))))
+
+
+def bench_netns(figures: dict[str, object], backend: Backend, compare_examples: int) -> None:
+    scenario = medium_scenario()
+    dataplane = get_implementation("reference").render(scenario)
+    builds = []
+    for _ in range(3):
+        backend.teardown()
+        start = time.perf_counter()
+        backend.deploy(dataplane)
+        builds.append(time.perf_counter() - start)
+    figures["netns_build_3x12_s"] = round(sorted(builds)[1], 3)
+    probes = _probes_of(scenario, 8)
+    other = get_implementation("no-hairpin-masquerade").render(scenario)
+    costs = []
+    for i in range(10):
+        start = time.perf_counter()
+        backend.deploy(other if i % 2 else dataplane)  # a rules swap, as between examples
+        backend.reset()
+        backend.observe(probes)
+        costs.append(time.perf_counter() - start)
+    figures["netns_example_cost_s"] = round(sorted(costs)[len(costs) // 2], 4)
+    delivered = _probes_of(scenario, 64)
+    backend.deploy(dataplane)
+    figures["netns_probes_per_s"] = round(_rate(lambda: len(backend.observe(delivered)), seconds=2.0))
+    sim_rate = figures.get("sim_probes_per_s_3x12x10")
+    if isinstance(sim_rate, int | float) and sim_rate:
+        figures["sim_vs_kernel_time_per_probe"] = round(figures["netns_probes_per_s"] / sim_rate, 3)  # type: ignore[operator]
+    backend.teardown()
+    r = run_compare(SimBackend(), backend, get_implementation("reference"), examples=compare_examples, seed=1)
+    backend.teardown()
+    figures["compare_examples_per_s"] = round(r.examples / r.seconds, 1) if r.seconds else 0.0
+    figures["compare_agreed"] = r.passed
+
+
+def bench_tox(figures: dict[str, object], envs: Sequence[str]) -> None:
+    for env in envs:
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "tox", "-e", env, "-q"], check=False, capture_output=True)
+        figures[f"tox_{env}_wall_s"] = round(time.perf_counter() - start, 1)
+        figures[f"tox_{env}_exit"] = done.returncode
+
+
+def run_bench(
+    *, backends: Sequence[str], tox_envs: Sequence[str], compare_examples: int, out_dir: Path
+) -> dict[str, object]:
+    figures: dict[str, object] = {
+        "machine": platform.node(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    bench_sim(figures)
+    for name in backends:
+        if name == "sim":
+            continue
+        try:
+            backend = get_backend(name)
+            backend.preflight()
+        except (BackendUnavailable, KeyError) as e:
+            figures[f"{name}_skipped"] = str(e)
+            continue
+        try:
+            bench_netns(figures, backend, compare_examples)
+        finally:
+            backend.teardown()
+    bench_tox(figures, tox_envs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(figures, indent=2) + "\n")
+    return figures
+
+
+TARGETS = {
+    "sim_probes_per_s_classic": ">= 20000",
+    "sim_probes_per_s_3x12x10": ">= 20000",
+    "sim_probes_per_s_1000_services": ">= 2000",
+    "netns_build_3x12_s": "< 0.3",
+    "compare_examples_per_s": ">= 10",
+    "tox_sim_wall_s": "< 60",
+    "tox_netns_wall_s": "< 300",
+}
+
+
+def render(figures: dict[str, object]) -> str:
+    width = max(len(k) for k in figures)
+    lines = []
+    for k, v in figures.items():
+        target = TARGETS.get(k)
+        lines.append(f"{k:<{width}}  {v}" + (f"   (target {target})" if target else ""))
+    return "\n".join(lines)

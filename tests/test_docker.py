@@ -1,0 +1,464 @@
+"""The docker backend: against the simulator, inspected with testinfra, and its promise to leave nothing behind.
+
+The live tests need a Docker daemon and the node image (`netconformance image
+build`); they run when --backend names docker (or NETCONFORMANCE_REQUIRE_BACKENDS
+does), are skipped with the preflight's exact reason when they cannot run,
+and fail instead when NETCONFORMANCE_REQUIRE_BACKENDS names "docker". The unit
+tests at the end need no daemon.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backends import BackendUnavailable, get_backend
+from backends.docker import common, daemon, image
+from backends.docker.backend import DockerBackend, cleanup
+from backends.docker.daemon import AgentChannel, AgentError
+from backends.docker.placement import UNDERLAY_CONTAINER, PlacementError, place
+from backends.docker.wire import decode_outcome, decode_part, decode_probe, encode_outcome, encode_part, encode_probe
+from backends.sim import SimBackend
+from conformance.dataplane import Dataplane, Link
+from conformance.implementations import get_implementation
+from conformance.loader import load_scenario
+from conformance.model import Scenario
+from conformance.probes import Observation, Outcome, Probe
+from conformance.pytest_plugin import usable_backend
+from conformance.strategies import classic_scenario
+
+REPO = Path(__file__).resolve().parent.parent
+POLICIES = REPO / "tests" / "scenarios" / "policies.yaml"
+
+
+def _required() -> bool:
+    wanted = os.environ.get("NETCONFORMANCE_REQUIRE_BACKENDS", "")
+    return "docker" in {name.strip() for name in wanted.split(",")}
+
+
+@pytest.fixture(scope="module")
+def available(request: pytest.FixtureRequest) -> None:
+    chosen = {n.strip() for n in str(request.config.getoption("--backend")).split(",")}
+    if "docker" not in chosen and not _required():
+        pytest.skip("the docker backend is not selected (run with --backend docker)")
+    try:
+        DockerBackend().preflight()
+    except BackendUnavailable as e:
+        if _required():
+            pytest.fail(f"docker backend required but unavailable: {e}")
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def backend(available: None) -> Iterator[DockerBackend]:
+    b = DockerBackend()
+    yield b
+    b.teardown()
+
+
+def classic_with_node_port() -> Scenario:
+    """The classic scenario, its Service also exposed as NodePort 30080 (TCP and UDP)."""
+    scenario = classic_scenario()
+    svc = scenario.services[0]
+    ports = tuple(dataclasses.replace(p, node_port=30080) for p in svc.ports)
+    return dataclasses.replace(scenario, services=(dataclasses.replace(svc, ports=ports, type="NodePort"),))
+
+
+A, B, SVC, NODE = (IPv4Address(a) for a in ("10.244.1.10", "10.244.1.11", "10.96.0.100", "172.18.0.2"))
+POD_A, POD_B = "pod:default/pod-a", "pod:default/pod-b"
+CLASSIC_PROBES = [
+    Probe(POD_A, B, 8080, "TCP"),  # pod -> pod
+    Probe(POD_A, B, 8080, "UDP"),
+    Probe(POD_A, SVC, 80, "TCP"),  # pod -> ClusterIP
+    Probe(POD_A, SVC, 80, "UDP"),
+    Probe(POD_B, SVC, 80, "TCP"),  # hairpin
+    Probe(POD_B, SVC, 80, "UDP"),
+    Probe(POD_A, B, 9999, "TCP"),  # closed port
+    Probe(POD_A, B, 9999, "UDP"),
+    Probe("node:node-1", B, 8080, "TCP"),  # node -> pod
+    Probe("node:node-1", B, 8080, "UDP"),
+    Probe("external", NODE, 30080, "TCP"),  # external -> NodePort, across the Docker network
+    Probe("external", NODE, 30080, "UDP"),
+    Probe(POD_A, SVC, 81, "TCP"),  # a port the Service lacks
+]
+
+
+def _sim(dataplane: Dataplane, probes: list[Probe]) -> list[Observation]:
+    sim = SimBackend()
+    sim.deploy(dataplane)
+    return sim.observe(probes)
+
+
+def _run(backend: DockerBackend, dataplane: Dataplane, probes: list[Probe]) -> list[Outcome]:
+    backend.deploy(dataplane)
+    backend.reset()
+    observations = backend.observe(probes)
+    for obs in observations:
+        assert not obs.exact and len(obs.outcomes) == 1 and obs.outcomes[0][1] == 1.0
+    return [obs.outcomes[0][0] for obs in observations]
+
+
+def _assert_like_sim(dataplane: Dataplane, probes: list[Probe], samples: list[Outcome]) -> None:
+    bad = []
+    for expected, sample in zip(_sim(dataplane, probes), samples, strict=True):
+        if sample not in expected.possible:
+            bad.append(f"{expected.probe}: docker {sample.summary()} [{sample.reason}]; sim {expected.describe()}")
+    assert not bad, f"{dataplane.implementation}:\n" + "\n".join(bad)
+
+
+def _policy_probes() -> list[Probe]:
+    web, db, svc, node1, node2 = (
+        IPv4Address(a) for a in ("10.244.1.10", "10.244.2.10", "10.96.0.10", "172.18.0.2", "172.18.0.3")
+    )
+    return [
+        Probe("pod:other/client", web, 8080, "TCP"),  # across nodes, over the Docker network
+        Probe("pod:other/client", svc, 80, "TCP"),
+        Probe("pod:default/web", db, 5432, "TCP"),
+        Probe("pod:default/db", web, 8080, "TCP"),
+        Probe("external", node1, 30080, "TCP"),
+        Probe("external", node2, 30080, "TCP"),
+        Probe("node:node-2", svc, 80, "TCP"),
+        Probe("pod:default/web", svc, 80, "TCP"),
+    ]
+
+
+# -- live: a Docker daemon and the node image ------------------------------------------------
+
+
+@pytest.mark.parametrize("implementation", ["reference", "hairpin-mode-off", "bridge-nf-off"])
+def test_classic_matches_simulator(backend: DockerBackend, implementation: str) -> None:
+    dataplane = get_implementation(implementation).render(classic_with_node_port())
+    samples = _run(backend, dataplane, CLASSIC_PROBES)
+    _assert_like_sim(dataplane, CLASSIC_PROBES, samples)
+    if implementation == "reference":
+        assert {o.verdict for o in samples[:6] + samples[8:12]} == {"delivered"}, samples
+        hairpin = samples[4]
+        assert hairpin.served_by == "default/pod-b" and hairpin.server_saw == IPv4Address("10.244.1.1")
+        assert samples[6].verdict == "refused" and samples[7].verdict == "refused"
+        # The external client (172.18.0.250, in the underlay container) crossed the Docker network:
+        # answered from the node address it dialled, the endpoint saw the masquerade.
+        assert samples[10].client_saw == NODE and samples[10].server_saw == IPv4Address("10.244.1.1")
+
+
+@pytest.mark.parametrize("broken", ["hairpin-mode-off", "bridge-nf-off"])
+def test_broken_differs_where_simulator_says(backend: DockerBackend, broken: str) -> None:
+    scenario = classic_with_node_port()
+    good, bad = (get_implementation(name).render(scenario) for name in ("reference", broken))
+    sim_good, sim_bad = _sim(good, CLASSIC_PROBES), _sim(bad, CLASSIC_PROBES)
+    real_good, real_bad = _run(backend, good, CLASSIC_PROBES), _run(backend, bad, CLASSIC_PROBES)
+    differing = 0
+    for sg, sb, kg, kb in zip(sim_good, sim_bad, real_good, real_bad, strict=True):
+        if not set(sg.possible) & set(sb.possible):  # the sim says: always different
+            assert kg != kb, f"{sg.probe}: {broken} should differ from reference"
+            differing += 1
+        elif set(sg.possible) == set(sb.possible) and len(sg.possible) == 1:
+            assert kg == kb, f"{sg.probe}: {broken} should behave like reference"
+    assert differing, f"the simulator predicts no difference for {broken}"
+
+
+def test_two_nodes_and_swaps_match_simulator(backend: DockerBackend) -> None:
+    """Two node containers, rules swapped in place between examples, each step as the simulator says."""
+    scenario = load_scenario(POLICIES)
+    sequence = [
+        get_implementation("reference").render(scenario),
+        get_implementation("policy-before-dnat").render(scenario),  # adds a mangle table
+        get_implementation("reference").render(scenario),  # ... which must go again
+        get_implementation("reference").render(dataclasses.replace(scenario, policies=())),
+        get_implementation("etp-local-masquerade").render(scenario),
+    ]
+    probes = _policy_probes()
+    backend.deploy(sequence[0])
+    swaps = backend.swaps
+    seen = []
+    for dataplane in sequence:
+        samples = _run(backend, dataplane, probes)
+        _assert_like_sim(dataplane, probes, samples)
+        seen.append(samples)
+    assert backend.swaps > swaps  # nodes whose structure did not change only swapped rules
+    assert seen[0] == seen[2]  # back to the reference: the mangle table really went
+    assert seen[0][0].verdict == "delivered" and seen[0][0].served_by == "default/web"
+
+
+def test_node_containers_inspected_with_testinfra(backend: DockerBackend) -> None:
+    backend.deploy(get_implementation("reference").render(classic_with_node_port()))
+    node = backend.host("node-node-1")
+    rules = node.check_output("iptables-save -t nat")
+    assert "-A KUBE-SERVICES -d 10.96.0.100/32 -p tcp" in rules
+    assert node.check_output("cat /proc/sys/net/ipv4/ip_forward") == "1"
+    assert node.check_output("cat /proc/sys/net/bridge/bridge-nf-call-iptables") == "1"
+    assert set(node.check_output("ip netns list | cut -d' ' -f1").split()) == {"pod-default-pod-a", "pod-default-pod-b"}
+    # Docker's address and default route are gone: eth0 is exactly what the dataplane says.
+    eth0 = json.loads(node.check_output("ip -j -4 addr show dev eth0"))[0]["addr_info"]
+    assert [(a["local"], a["prefixlen"]) for a in eth0] == [("172.18.0.2", 24)]
+    assert node.check_output("ip route show default") == "default via 172.18.0.1 dev eth0"
+    assert "127.0.0.11" not in node.check_output("iptables-save; nft list ruleset")  # Docker's DNS rules
+    pod = node.check_output("ip netns exec pod-default-pod-b ip -j -4 addr show dev eth0")
+    assert json.loads(pod)[0]["addr_info"][0]["local"] == "10.244.1.11"
+    hairpin = node.check_output("ip -j -d link show master cni0")
+    assert all(port["linkinfo"]["info_slave_data"]["hairpin"] for port in json.loads(hairpin))
+    underlay = backend.host(UNDERLAY_CONTAINER)
+    assert "172.18.0.1/24" in underlay.check_output("ip -4 addr show dev br0")
+    assert "master br0" in underlay.check_output("ip link show wire0")
+    assert underlay.check_output("cat /proc/sys/net/ipv4/ip_forward") == "0"
+    assert underlay.check_output("ip netns list | cut -d' ' -f1") == "external"
+
+
+def test_snapshot_from_inside_containers_predicts_them(backend: DockerBackend) -> None:
+    dataplane = get_implementation("reference").render(classic_with_node_port())
+    samples = _run(backend, dataplane, CLASSIC_PROBES)
+    snap = backend.snapshot()
+    assert {ns.name for ns in snap.namespaces} >= {"node-node-1", "pod-default-pod-a", "pod-default-pod-b"}
+    # External probes come from the snapshot's synthesized gateway, not from .250: compare the rest.
+    inside = [i for i, p in enumerate(CLASSIC_PROBES) if p.source != "external"]
+    predicted = _sim(snap, [CLASSIC_PROBES[i] for i in inside])
+    for i, expected in zip(inside, predicted, strict=True):
+        assert samples[i] in expected.possible, f"{expected.probe}: {samples[i].summary()} vs {expected.describe()}"
+
+
+def test_privilege_mode_is_detected_and_said(available: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    b = DockerBackend()
+    b.preflight()
+    assert b.privilege is not None and b.privilege.mode in daemon.PRIVILEGE_MODES
+    assert b.privilege.note in b.describe()
+    if b.privilege.mode == "caps":
+        # --privileged was tried first and failed; the note says why.
+        assert "privileged:" in b.privilege.note
+        daemon._privilege_cache.clear()
+        monkeypatch.setenv("NETCONFORMANCE_DOCKER_PRIVILEGE", "privileged")
+        with pytest.raises(BackendUnavailable, match=r"no privilege mode works for node containers: privileged: "):
+            DockerBackend().preflight()
+    daemon._privilege_cache.clear()
+    monkeypatch.setenv("NETCONFORMANCE_DOCKER_PRIVILEGE", b.privilege.mode)
+    forced = DockerBackend()
+    forced.preflight()
+    assert forced.privilege is not None and forced.privilege.mode == b.privilege.mode
+
+
+def _ours(client: Any, run_id: str) -> list[str]:
+    flt = {"label": f"{common.RUN_LABEL}={run_id}"}
+    return [c.name for c in client.containers.list(all=True, filters=flt)] + [
+        n.name for n in client.networks.list(filters=flt)
+    ]
+
+
+def _host_state() -> dict[str, str]:
+    def run(*cmd: str) -> str:
+        return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+
+    return {
+        "netns": run("ip", "netns", "list"),
+        "addresses": run("ip", "-o", "-4", "addr", "show"),
+        "iptables-legacy": "\n".join(
+            line.split(" [")[0] for line in run("iptables-legacy-save").splitlines() if not line.startswith("#")
+        ),
+    }
+
+
+def test_teardown_leaves_nothing(available: None) -> None:
+    b = DockerBackend()
+    b.preflight()
+    before = _host_state()
+    try:
+        _run(b, get_implementation("reference").render(load_scenario(POLICIES)), _policy_probes()[:2])
+        names = _ours(b.client, b.run_id)
+        assert sorted(names) == sorted(
+            f"nc-{b.run_id}-{n}" for n in ("node-node-1", "node-node-2", "underlay", "wire")
+        ), names
+    finally:
+        b.teardown()
+    b.teardown()  # safe twice
+    assert _ours(b.client, b.run_id) == []
+    assert _host_state() == before  # no namespace, address or legacy rule left on the host
+
+
+CHILD = """
+import os, signal
+from backends.docker.backend import DockerBackend
+from conformance.implementations import get_implementation
+from conformance.strategies import classic_scenario
+b = DockerBackend()
+b.deploy(get_implementation("reference").render(classic_scenario()))
+print(b.run_id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_cleanup_after_sigkill(available: None) -> None:
+    client = daemon.connect()
+    child = subprocess.run([sys.executable, "-c", CHILD], cwd=REPO, capture_output=True, text=True, check=False)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    run_id = child.stdout.strip()
+    assert any(name.endswith("-wire") for name in _ours(client, run_id))  # atexit never ran: the network is left
+    removed = cleanup()
+    # The containers may have removed themselves already (their agent saw stdin close).
+    assert f"network nc-{run_id}-wire" in removed or not _ours(client, run_id)
+    deadline = time.monotonic() + 10
+    while _ours(client, run_id) and time.monotonic() < deadline:  # auto-removal in flight
+        time.sleep(0.2)
+    assert _ours(client, run_id) == []
+    assert cleanup(run_id) == []
+
+
+def test_cleanup_leaves_live_runs_alone(backend: DockerBackend) -> None:
+    backend.deploy(get_implementation("reference").render(classic_scenario()))
+    removed = cleanup()
+    assert not [r for r in removed if backend.run_id in r]
+    assert len(_ours(backend.client, backend.run_id)) == 3  # node, underlay, network
+
+
+# -- no daemon needed ---------------------------------------------------------------------
+
+
+def test_registered_by_name() -> None:
+    assert isinstance(get_backend("docker"), DockerBackend)
+
+
+def test_wire_round_trips() -> None:
+    for scenario in (classic_with_node_port(), load_scenario(POLICIES)):
+        for name in ("reference", "policy-before-dnat", "hairpin-mode-off"):
+            for part in place(get_implementation(name).render(scenario)).parts.values():
+                assert decode_part(json.loads(json.dumps(encode_part(part)))) == part
+    for p in CLASSIC_PROBES:
+        assert decode_probe(encode_probe(p, "pod-x")) == (p, "pod-x")
+    o = Outcome("delivered", "default/pod-b", 8080, IPv4Address("10.244.1.1"), SVC, reason="why")
+    assert decode_outcome(encode_outcome(o)) == o and decode_outcome(encode_outcome(o)).reason == "why"
+
+
+def test_placement_of_classic_and_two_nodes() -> None:
+    plan = place(get_implementation("reference").render(classic_with_node_port()))
+    assert set(plan.parts) == {"node-node-1", UNDERLAY_CONTAINER}
+    node = plan.parts["node-node-1"]
+    assert [ns.name for ns in node.inner] == ["pod-default-pod-a", "pod-default-pod-b"]
+    assert node.uplink is not None and node.uplink.name == "eth0" and node.uplink.master is None
+    underlay = plan.parts[UNDERLAY_CONTAINER]
+    assert [ns.name for ns in underlay.inner] == ["external"]
+    assert underlay.uplink is not None and underlay.uplink.master == "br0"
+    # The port toward the node is the Docker network now; the one toward the client stays a veth.
+    assert [link.name for link in underlay.own.links] == ["br0", "u-ext"]
+    plan = place(get_implementation("reference").render(load_scenario(POLICIES)))
+    assert set(plan.parts) == {"node-node-1", "node-node-2", UNDERLAY_CONTAINER}
+    assert plan.hosts["pod-other-client"] == "node-node-2"
+
+
+def test_placement_refuses_what_a_docker_network_cannot_be() -> None:
+    dataplane = get_implementation("reference").render(classic_scenario())
+    underlay = dataplane.netns("underlay")
+    hairpin = tuple(dataclasses.replace(link, hairpin=True) if link.name == "u-0" else link for link in underlay.links)
+    bad = dataclasses.replace(
+        dataplane,
+        namespaces=tuple(
+            dataclasses.replace(ns, links=hairpin) if ns is underlay else ns for ns in dataplane.namespaces
+        ),
+    )
+    with pytest.raises(PlacementError, match="hairpin on u-0"):
+        place(bad)
+    node = dataplane.netns("node-node-1")
+    cross = dataclasses.replace(node, links=(*node.links, Link("x0", "veth", "external", "x1")))
+    bad = dataclasses.replace(dataplane, namespaces=tuple(cross if ns is node else ns for ns in dataplane.namespaces))
+    with pytest.raises(PlacementError, match="would join two containers"):
+        place(bad)
+
+
+def test_no_daemon_is_a_skip_that_says_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/docker.sock")
+    with pytest.raises(BackendUnavailable, match=r"no Docker daemon answers at unix://.*apt-get install docker.io"):
+        DockerBackend().preflight()
+    with pytest.raises(pytest.skip.Exception, match="backend docker cannot run here: docker backend: no Docker daemon"):
+        usable_backend("docker")
+    monkeypatch.setenv("NETCONFORMANCE_REQUIRE_BACKENDS", "netns,docker")
+    with pytest.raises(pytest.fail.Exception, match="NETCONFORMANCE_REQUIRE_BACKENDS requires it"):
+        usable_backend("docker")
+
+
+def test_no_permission_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = tmp_path / "docker.sock"
+    sock.bind(str(path))
+    sock.listen(1)
+    try:
+        os.chmod(path, 0)
+        monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+        if os.geteuid() == 0:  # root ignores the mode: judge the message on the error itself
+            message = daemon._explain(RuntimeError("x").with_traceback(None))
+            assert "does not answer" in message
+            e = RuntimeError("Error while fetching server API version")
+            e.__context__ = PermissionError(errno.EACCES, "Permission denied")
+            assert "add your user to the 'docker' group" in daemon._explain(e)
+        else:
+            with pytest.raises(BackendUnavailable, match="add your user to the 'docker' group"):
+                DockerBackend().preflight()
+    finally:
+        sock.close()
+
+
+def test_missing_image_says_how_to_build_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Images:
+        def get(self, name: str) -> None:
+            import docker.errors
+
+            raise docker.errors.ImageNotFound(name)
+
+    class Client:
+        images = Images()
+
+    with pytest.raises(
+        BackendUnavailable, match=r"no node image netconformance-node-base:\w+ .*netconformance image build"
+    ):
+        image.ensure_image(Client())
+    monkeypatch.setenv("NETCONFORMANCE_DOCKER_IMAGE", "mine:1")
+    with pytest.raises(BackendUnavailable, match="NETCONFORMANCE_DOCKER_IMAGE=mine:1 is not an image"):
+        image.ensure_image(Client())
+
+
+def test_image_hash_follows_the_code() -> None:
+    names = [name for name, _ in image.code_files()]
+    assert "backends/docker/agent.py" in names and "backends/netns/build.py" in names
+    assert any(name.startswith("pyroute2/") for name in names)
+    assert image.image_hash() == image.image_hash()
+    assert image.image_name().startswith(f"{common.IMAGE_REPOSITORY}:")
+
+
+def _frame(stream: int, data: bytes) -> bytes:
+    return bytes([stream, 0, 0, 0]) + struct.pack(">I", len(data)) + data
+
+
+def test_channel_demultiplexes_docker_frames() -> None:
+    ours, theirs = socket.socketpair()
+    try:
+        channel = AgentChannel(ours, "c")
+        stream = _frame(2, b"a warning\n") + _frame(1, b'{"id": 1, "ok": true, "x"') + _frame(1, b": 2}\n")
+        for i in range(0, len(stream), 5):  # frames split across reads
+            theirs.sendall(stream[i : i + 5])
+        assert channel.answer(1, 5) == {"id": 1, "ok": True, "x": 2}
+        assert channel.stderr == b"a warning\n"
+        theirs.sendall(_frame(1, b'{"id": 2, "ok": false, "error": "boom"}\n'))
+        with pytest.raises(AgentError, match="boom"):
+            channel.answer(2, 5)
+        theirs.sendall(_frame(2, b"Traceback: it broke\n"))
+        theirs.close()
+        with pytest.raises(AgentError, match=r"exited; its stderr ends: .*it broke"):
+            channel.receive(5)
+    finally:
+        ours.close()
+
+
+def test_owner_labels_tell_dead_runs() -> None:
+    assert common.owner_alive(common.owner_label())
+    host = socket.gethostname()
+    assert not common.owner_alive(f"{host}:{2**22 + 7}:1")  # no such pid
+    assert not common.owner_alive(f"{host}:{os.getpid()}:1")  # the pid, but another process
+    assert common.owner_alive("another-host:1:1")  # cannot tell: left alone
