@@ -103,12 +103,16 @@ def _probes_of(s: Scenario, n: int) -> list[Probe]:
     return out
 
 
+def _sim_rate(scenario: Scenario) -> float:
+    sim = SimBackend()
+    sim.deploy(get_implementation("reference").render(scenario))
+    probes = _probes_of(scenario, 16)
+    return _rate(lambda: len(sim.observe(probes)))
+
+
 def bench_sim(figures: dict[str, object]) -> None:
     for label, scenario in (("classic", classic_scenario()), ("3x12x10", medium_scenario())):
-        sim = SimBackend()
-        sim.deploy(get_implementation("reference").render(scenario))
-        probes = _probes_of(scenario, 16)
-        figures[f"sim_probes_per_s_{label}"] = round(_rate(lambda sim=sim, probes=probes: len(sim.observe(probes))))
+        figures[f"sim_probes_per_s_{label}"] = round(_sim_rate(scenario))
     big = large_scenario()
     dataplane = get_implementation("reference").render(big)
     rules = sum(ns.iptables.count("\n-A ") for ns in dataplane.namespaces)
