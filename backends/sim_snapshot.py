@@ -53,6 +53,15 @@ class SimSnapshotBackend:
         self.sim = SimBackend()
         self.snapshot: Dataplane | None = None  # the last Dataplane read back
 
+    @property
+    def tracing(self) -> bool:
+        return self.sim.tracing
+
+    @tracing.setter
+    def tracing(self, on: bool) -> None:
+        # The runner and compare turn traces on to explain a result.
+        self.sim.tracing = on
+
     def preflight(self) -> None:
         self.live.preflight()
 

@@ -8,6 +8,7 @@ any backend with one command.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -26,7 +27,9 @@ class Case:
     probes: tuple[Probe, ...]
 
 
+@lru_cache(maxsize=4096)
 def dump_case(case: Case) -> str:
+    """The case as a file; cached, since reports write the same case several times."""
     probes = [
         {"source": p.source, "destination": str(p.dst), "port": p.port, "protocol": p.protocol} for p in case.probes
     ]

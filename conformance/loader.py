@@ -97,7 +97,13 @@ class ScenarioError(ValueError):
 # -- reading YAML ----------------------------------------------------------------
 
 
-class _StrictLoader(yaml.SafeLoader):
+# libyaml's parser and emitter when PyYAML has them (several times faster);
+# the strict mapping constructor below works on either.
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SafeDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _StrictLoader(_SafeLoader):  # type: ignore[misc,valid-type]
     """A SafeLoader that rejects duplicate keys (plain YAML keeps the last one)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
@@ -114,7 +120,8 @@ class _StrictLoader(yaml.SafeLoader):
                     key_node.start_mark,
                 )
             seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+        mapping: dict[Hashable, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
 
 
 def _read_documents(text: str, source: str) -> list[object]:
@@ -993,7 +1000,9 @@ def dump_scenario(s: Scenario) -> str:
     from what failed: a scenario YAML cannot express (an invalid one, or one
     not in canonical form, such as unsorted labels) raises `ScenarioError`.
     """
-    text = yaml.safe_dump_all(list(_documents(s)), sort_keys=False, explicit_start=True, default_flow_style=False)
+    text = yaml.dump_all(
+        list(_documents(s)), Dumper=_SafeDumper, sort_keys=False, explicit_start=True, default_flow_style=False
+    )
     try:
         back = parse_scenario(text, source=f"<dump of {s.name}>")
     except ScenarioError as e:

@@ -9,10 +9,18 @@ environment variable NETCONFORMANCE_REQUIRE_BACKENDS names it.
 from __future__ import annotations
 
 import os
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from backends import Backend, BackendUnavailable, get_backend
+from conformance.runner import SpecResult
+
+_RESULTS = pytest.StashKey[list[SpecResult]]()
 
 REQUIRE_ENV = "NETCONFORMANCE_REQUIRE_BACKENDS"
 
@@ -22,6 +30,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--backend", default="sim", help="comma-separated netconformance backends (default: sim)")
     group.addoption("--nc-examples", type=int, default=100, help="Hypothesis examples per spec (default: 100)")
     group.addoption("--nc-seed", type=int, default=None, help="Hypothesis seed for the specs (default: random)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_RESULTS] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Tox and CI runs leave the same reports a CLI run does."""
+    results: list[SpecResult] = session.config.stash.get(_RESULTS, [])
+    if not results:
+        return
+    from conformance.reporting import RunMeta, write_run  # only when there is something to write
+
+    base = Path(os.environ.get("NETCONFORMANCE_REPORT_DIR", "reports/runs"))
+    run_dir = base / f"{time.strftime('%Y%m%d-%H%M%S')}-pytest-{uuid.uuid4().hex[:6]}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = RunMeta(datetime.now(UTC), ("pytest", *session.config.invocation_params.args))
+    report = write_run(run_dir, results=results, meta=meta)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"netconformance report: {report.html}")
+
+
+@pytest.fixture
+def nc_record(request: pytest.FixtureRequest) -> Callable[[SpecResult], None]:
+    """Hand a SpecResult to the session report."""
+    results: list[SpecResult] = request.config.stash[_RESULTS]
+    return results.append
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

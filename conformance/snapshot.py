@@ -49,6 +49,7 @@ NS_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.icmp_ratelimit", "net.bridge.brid
 CONF_KEYS = ("rp_filter", "accept_local", "route_localnet", "send_redirects")
 GUARD_KEYS = ("proxy_arp", "arp_ignore")  # must be 0 everywhere: the model answers ARP as arp_ignore=0 does
 DEFAULT_RULES = {(0, "local"), (32766, "main"), (32767, "default")}
+TABLE_ORDER = ("raw", "mangle", "nat", "filter", "security")
 _COUNTERS = re.compile(r"\[\d+:\d+\]$")
 
 # One exec per namespace; sections start with a line "@@name". $1 is the iptables-save to use;
@@ -259,17 +260,26 @@ def parse_sysctls(text: str, devices: Sequence[str], where: str) -> tuple[tuple[
 def clean_rules(text: str) -> str:
     """iptables-save output as iptables-restore (and the simulator) take it, minus what is not state.
 
-    Comment lines go, and chain counters read ``[0:0]``: packets counted are
-    history, not configuration, and would make equal snapshots differ.
+    Comment lines go, chain counters read ``[0:0]`` and tables come in one
+    fixed order: counters are history, not configuration, and the order of
+    tables is the order they were first used; either would make equal
+    snapshots differ.
     """
-    out = []
+    blocks: list[list[str]] = []
     for line in text.splitlines():
         if not line.strip() or line.startswith("#"):
             continue
+        if line.startswith("*") or not blocks:
+            blocks.append([])
         if line.startswith(":"):
             line = _COUNTERS.sub("[0:0]", line)
-        out.append(line + "\n")
-    return "".join(out)
+        blocks[-1].append(line + "\n")
+
+    def rank(block: list[str]) -> int:
+        name = block[0][1:].strip() if block[0].startswith("*") else ""
+        return TABLE_ORDER.index(name) if name in TABLE_ORDER else len(TABLE_ORDER)
+
+    return "".join("".join(block) for block in sorted(blocks, key=rank))
 
 
 def _json_list(text: str, what: str) -> list[dict[str, Any]]:

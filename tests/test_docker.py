@@ -204,7 +204,7 @@ def test_node_containers_inspected_with_testinfra(backend: DockerBackend) -> Non
     # Docker's address and default route are gone: eth0 is exactly what the dataplane says.
     eth0 = json.loads(node.check_output("ip -j -4 addr show dev eth0"))[0]["addr_info"]
     assert [(a["local"], a["prefixlen"]) for a in eth0] == [("172.18.0.2", 24)]
-    assert node.check_output("ip route show default") == "default via 172.18.0.1 dev eth0"
+    assert node.check_output("ip route show default").startswith("default via 172.18.0.1 dev eth0 ")
     assert "127.0.0.11" not in node.check_output("iptables-save; nft list ruleset")  # Docker's DNS rules
     pod = node.check_output("ip netns exec pod-default-pod-b ip -j -4 addr show dev eth0")
     assert json.loads(pod)[0]["addr_info"][0]["local"] == "10.244.1.11"
@@ -255,12 +255,14 @@ def _ours(client: Any, run_id: str) -> list[str]:
     ]
 
 
-def _host_state() -> dict[str, str]:
+def _host_state(run_id: str) -> dict[str, str]:
+    """What a run could change on the host. Other runs come and go meanwhile: namespaces are judged by run id."""
+
     def run(*cmd: str) -> str:
         return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
 
     return {
-        "netns": run("ip", "netns", "list"),
+        "netns": "\n".join(line for line in run("ip", "netns", "list").splitlines() if run_id in line),
         "addresses": run("ip", "-o", "-4", "addr", "show"),
         "iptables-legacy": "\n".join(
             line.split(" [")[0] for line in run("iptables-legacy-save").splitlines() if not line.startswith("#")
@@ -271,7 +273,7 @@ def _host_state() -> dict[str, str]:
 def test_teardown_leaves_nothing(available: None) -> None:
     b = DockerBackend()
     b.preflight()
-    before = _host_state()
+    before = _host_state(b.run_id)
     try:
         _run(b, get_implementation("reference").render(load_scenario(POLICIES)), _policy_probes()[:2])
         names = _ours(b.client, b.run_id)
@@ -282,7 +284,7 @@ def test_teardown_leaves_nothing(available: None) -> None:
         b.teardown()
     b.teardown()  # safe twice
     assert _ours(b.client, b.run_id) == []
-    assert _host_state() == before  # no namespace, address or legacy rule left on the host
+    assert _host_state(b.run_id) == before  # no namespace, address or legacy rule left on the host
 
 
 CHILD = """
@@ -302,22 +304,30 @@ def test_cleanup_after_sigkill(available: None) -> None:
     child = subprocess.run([sys.executable, "-c", CHILD], cwd=REPO, capture_output=True, text=True, check=False)
     assert child.returncode == -signal.SIGKILL, child.stderr
     run_id = child.stdout.strip()
-    assert any(name.endswith("-wire") for name in _ours(client, run_id))  # atexit never ran: the network is left
-    removed = cleanup()
-    # The containers may have removed themselves already (their agent saw stdin close).
-    assert f"network nc-{run_id}-wire" in removed or not _ours(client, run_id)
+    left = _ours(client, run_id)  # atexit never ran
+    assert sorted(left) == sorted(f"nc-{run_id}-{n}" for n in ("node-node-1", "underlay", "wire")), left
+    # The agents saw their stdin close and stopped their containers by themselves.
     deadline = time.monotonic() + 10
-    while _ours(client, run_id) and time.monotonic() < deadline:  # auto-removal in flight
-        time.sleep(0.2)
+    while client.containers.list(filters={"label": f"{common.RUN_LABEL}={run_id}"}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.containers.list(filters={"label": f"{common.RUN_LABEL}={run_id}"}) == []  # none running
+    removed = cleanup()
+    # All three, unless a concurrent cleanup() got to this dead run first.
+    assert sorted(r for r in removed if run_id in r) in (
+        [],
+        [f"container nc-{run_id}-node-node-1", f"container nc-{run_id}-underlay", f"network nc-{run_id}-wire"],
+    )
     assert _ours(client, run_id) == []
     assert cleanup(run_id) == []
 
 
 def test_cleanup_leaves_live_runs_alone(backend: DockerBackend) -> None:
     backend.deploy(get_implementation("reference").render(classic_scenario()))
+    before = _ours(backend.client, backend.run_id)
+    assert len(before) >= 3  # node(s), underlay, network
     removed = cleanup()
     assert not [r for r in removed if backend.run_id in r]
-    assert len(_ours(backend.client, backend.run_id)) == 3  # node, underlay, network
+    assert _ours(backend.client, backend.run_id) == before
 
 
 # -- no daemon needed ---------------------------------------------------------------------
@@ -450,7 +460,7 @@ def test_channel_demultiplexes_docker_frames() -> None:
             channel.answer(2, 5)
         theirs.sendall(_frame(2, b"Traceback: it broke\n"))
         theirs.close()
-        with pytest.raises(AgentError, match=r"exited; its stderr ends: .*it broke"):
+        with pytest.raises(AgentError, match=r"(?s)exited; its stderr ends: .*it broke"):
             channel.receive(5)
     finally:
         ours.close()

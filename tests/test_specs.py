@@ -3,6 +3,8 @@ implementation is caught by at least one, and every spec catches something."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from backends import Backend
@@ -16,8 +18,11 @@ MUTANT_EXAMPLES = 30
 
 
 @pytest.mark.parametrize("spec_name", SPECS)
-def test_reference_satisfies_spec(spec_name: str, nc_backend: Backend, nc_examples: int, nc_seed: int | None) -> None:
+def test_reference_satisfies_spec(
+    spec_name: str, nc_backend: Backend, nc_examples: int, nc_seed: int | None, nc_record: Callable[[SpecResult], None]
+) -> None:
     r = run_spec(all_specs()[spec_name], nc_backend, get_implementation(REFERENCE), examples=nc_examples, seed=nc_seed)
+    nc_record(r)
     assert r.error is None, r.error
     if r.examples == 0 and r.notes:
         pytest.skip("; ".join(r.notes))
@@ -43,8 +48,12 @@ def _results(backend: Backend, impl: str, seed: int | None) -> dict[str, SpecRes
 
 
 @pytest.mark.parametrize("impl", BROKEN)
-def test_broken_implementation_is_caught(impl: str, nc_backend: Backend, nc_seed: int | None) -> None:
+def test_broken_implementation_is_caught(
+    impl: str, nc_backend: Backend, nc_seed: int | None, nc_record: Callable[[SpecResult], None]
+) -> None:
     results = _results(nc_backend, impl, nc_seed)
+    for r in results.values():
+        nc_record(r)
     errors = {s: r.error for s, r in results.items() if r.error}
     assert not errors, errors
     caught = [s for s, r in results.items() if r.failure is not None]

@@ -3,7 +3,7 @@
 Started as the container's main process (``python3 -m backends.docker.agent``,
 see image.py), it reads one JSON request per line on stdin and answers one
 JSON line on stdout. When stdin closes (the backend is gone, even killed)
-it exits, and Docker removes the container (auto-remove).
+it exits and the container stops; `cleanup()` removes it.
 
 It reuses the netns backend as it is: `backends.netns.build` for links,
 addresses, routes, sysctls and iptables-restore, `probing` for servers and

@@ -145,10 +145,12 @@ class DockerBackend:
         if self.client is None:
             return
         if containers:
+            # Killed and removed first, then the channel closed: the agent gets no
+            # chance to exit on its own and race the removal through auto-remove.
             with ThreadPoolExecutor(max_workers=8) as pool:
-                for c in containers:
-                    c.channel.close()
                 list(pool.map(lambda c: daemon.remove_container(self.client, c.id), containers))
+            for c in containers:
+                c.channel.close()
         if self.network is not None:
             daemon.remove_network(self.client, self.network)
             self.network = None

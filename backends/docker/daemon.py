@@ -11,7 +11,6 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -291,12 +290,15 @@ def start_container(
     """Create, attach to and start one node container; return once its agent is ready.
 
     The agent is the container's main process with StdinOnce: when this
-    process's attach connection goes (teardown, crash, SIGKILL), the agent
-    reads EOF and exits, and auto-remove deletes the container.
+    process's attach connection goes (a crash, SIGKILL), the agent reads
+    EOF, tears its dataplane down and exits, so a dead run's containers
+    stop by themselves; `cleanup()` removes them. No auto-remove: racing it
+    with our own removal leaves Docker 20.10 a stale endpoint that blocks
+    the network's removal until the daemon restarts.
     """
     api = client.api
     labels = {**base_labels(run_id, role), PRIVILEGE_LABEL: privilege.mode}
-    hc = host_config(client, privilege.mode, network=network, auto_remove=True)
+    hc = host_config(client, privilege.mode, network=network, auto_remove=False)
     cid = api.create_container(
         image,
         command=list(AGENT_COMMAND),
@@ -326,29 +328,51 @@ def start_container(
     return NodeContainer(logical, name, cid, channel)
 
 
-def remove_container(client: Any, ref: str) -> bool:
-    """Remove a container (running or not); False if it was already gone."""
+def remove_container(client: Any, ref: str, *, timeout: float = 30.0) -> bool:
+    """Remove a container (running or not) and wait until it is gone; False if it was gone already.
+
+    Another removal may be under way (a concurrent cleanup): Docker answers
+    409 and the container is still attached to its network for a moment, so
+    this waits for it to disappear either way.
+    """
     import docker.errors
 
+    removed = True
     try:
         client.api.remove_container(ref, force=True)
     except docker.errors.NotFound:
         return False
     except docker.errors.APIError as e:
-        if e.status_code == 409 and "already in progress" in str(e):  # auto-remove got there first
-            return False
-        raise
-    return True
+        if e.status_code != 409:  # 409: a removal is already in progress
+            raise
+        removed = False
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.api.inspect_container(ref)
+        except docker.errors.NotFound:
+            return removed
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"container {ref} is still there {timeout:g}s after its removal")
+        time.sleep(0.05)
 
 
-def remove_network(client: Any, ref: str) -> bool:
+def remove_network(client: Any, ref: str, *, timeout: float = 30.0) -> bool:
+    """Remove a network; False if it was gone already. Waits out endpoints that are just leaving."""
     import docker.errors
 
-    try:
-        client.api.remove_network(ref)
-    except docker.errors.NotFound:
-        return False
-    return True
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.api.remove_network(ref)
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.APIError as e:
+            if e.status_code != 403 or "active endpoints" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+            continue
+        return True
 
 
 def create_network(client: Any, name: str, run_id: str) -> str:
@@ -425,10 +449,3 @@ def cleanup(client: Any, run_id: str | None = None) -> list[str]:
         if doomed(n.attrs.get("Labels") or {}) and remove_network(client, n.id):
             removed.append(f"network {n.name}")
     return removed
-
-
-def close_all(client: Any, containers: Sequence[NodeContainer]) -> None:
-    for c in containers:
-        c.channel.close()
-    for c in containers:
-        remove_container(client, c.id)

@@ -41,10 +41,13 @@ from backends.docker.common import (
     CODE_DIR,
     IMAGE_HASH_LABEL,
     IMAGE_REPOSITORY,
+    OWNER_LABEL,
     PROJECT,
     PROJECT_LABEL,
     ROLE_LABEL,
+    RUN_LABEL,
     env,
+    owner_label,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -174,6 +177,11 @@ def _labels(kind: str, digest: str) -> dict[str, str]:
     return {PROJECT_LABEL: PROJECT, ROLE_LABEL: kind, IMAGE_HASH_LABEL: digest}
 
 
+def _build_container_labels(digest: str) -> dict[str, str]:
+    # A crash between create and remove leaves it to `cleanup()`, like a run's containers.
+    return {**_labels("image-build", digest), RUN_LABEL: f"image-{digest}", OWNER_LABEL: owner_label()}
+
+
 def build_base_debootstrap(client: Any, name: str, mirror: str) -> None:
     if os.geteuid() != 0:
         raise BackendUnavailable("node image: debootstrap needs root; run `netconformance image build` as root")
@@ -234,11 +242,13 @@ def code_archive() -> bytes:
 
 def build_code_layer(client: Any, base: str, name: str) -> None:
     repository, tag = name.split(":")
-    container = client.containers.create(base, command=["true"], labels=_labels("image-build", tag))
+    container = client.containers.create(base, command=["true"], labels=_build_container_labels(tag))
     try:
         if not container.put_archive(str(Path(CODE_DIR).parent), code_archive()):
             raise RuntimeError(f"node image: copying the code into {container.name} failed")
+        # The committed image keeps the container's labels: the owner and run are overwritten.
         changes = [f"LABEL {k}={v}" for k, v in _labels("node", tag).items()]
+        changes += [f"LABEL {OWNER_LABEL}=-", f"LABEL {RUN_LABEL}=-"]
         changes += [f"ENV PYTHONPATH={CODE_DIR}", "ENV PYTHONDONTWRITEBYTECODE=1", f"WORKDIR {CODE_DIR}"]
         container.commit(repository=repository, tag=tag, changes=changes)
     finally:

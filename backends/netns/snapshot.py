@@ -9,12 +9,15 @@ read at once.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
+from backends.netns import records
 from backends.netns.build import Netns
-from backends.netns.nsutil import NetnsWorker
-from conformance.dataplane import Dataplane
+from backends.netns.nsutil import NetnsWorker, netns_path
+from conformance.dataplane import Dataplane, NetnsConfig, Role
 from conformance.snapshot import SnapshotError, assemble, carry_over, from_output, read_argv
 
 SAVE = "iptables-legacy-save"  # the variant the backend restores with
@@ -77,4 +80,56 @@ def snapshot(worker: NetnsWorker, namespaces: Mapping[str, Netns], intent: Datap
     ]
     names = {ns.kname: logical for logical, ns in namespaces.items()}
     plain = assemble(reads, names, implementation=f"snapshot of {intent.implementation or 'a deployment'}")
-    return carry_over(plain, intent)
+    return carry_over(plain, intent) if intent.namespaces else plain
+
+
+def snapshot_run(run_id: str, *, state_dir: Path | None = None) -> Dataplane:
+    """Read the namespaces a live (or crashed) run recorded, without its intent.
+
+    Logical names come from the kernel names (``nc-<run>-<name>``) and roles
+    from their form (node-*, pod-*, underlay, external); listeners and probe
+    sources are not kernel state, so this Dataplane has none (prefer
+    `NetnsBackend.snapshot()`, which carries them over from the intent).
+    """
+    path = (state_dir or records.STATE_DIR) / f"{run_id}.json"
+    if not path.exists():
+        raise SnapshotError(f"no record of run {run_id} in {path.parent}")
+    record = records.load(path)
+    prefix = f"nc-{run_id}-"
+    worker = NetnsWorker()
+    fds: list[int] = []
+    try:
+        namespaces: dict[str, Netns] = {}
+        for kname in record.netns:
+            logical = kname[len(prefix) :]
+            fd = os.open(netns_path(kname), os.O_RDONLY | os.O_CLOEXEC)
+            fds.append(fd)
+            config = NetnsConfig(name=logical, role=_role(logical))
+            namespaces[logical] = Netns(config, kname, fd)
+        return snapshot(worker, namespaces, Dataplane(namespaces=(), implementation=f"run {run_id}"))
+    finally:
+        for fd in fds:
+            os.close(fd)
+        worker.close()
+
+
+def _role(logical: str) -> Role:
+    if logical.startswith("node-"):
+        return "node"
+    if logical.startswith("pod-"):
+        return "pod"
+    if logical == "underlay":
+        return "underlay"
+    return "client" if logical == "external" else "sink"
+
+
+def snapshot_deployment(dataplane: Dataplane) -> Dataplane:
+    """Deploy on a fresh netns backend, read it back, tear it down (`netconformance snapshot`)."""
+    from backends.netns import NetnsBackend  # late: the backend imports this module
+
+    backend = NetnsBackend()
+    try:
+        backend.deploy(dataplane)
+        return backend.snapshot()
+    finally:
+        backend.teardown()

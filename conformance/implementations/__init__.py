@@ -32,28 +32,26 @@ class Implementation(Protocol):
     def render(self, scenario: Scenario) -> Dataplane: ...
 
 
-_ALL: tuple[Implementation, ...] = (REFERENCE_IMPLEMENTATION, *BROKEN, *CNI_IMPLEMENTATIONS)
-IMPLEMENTATIONS: dict[str, Implementation] = {impl.name: impl for impl in _ALL}
+_RENDERED: tuple[Implementation, ...] = (REFERENCE_IMPLEMENTATION, *BROKEN)
+IMPLEMENTATIONS: dict[str, Implementation] = {impl.name: impl for impl in _RENDERED}
 # Implementations that run real CNI plugin binaries: a real kernel deploys
-# them, the simulator predicts them only from a snapshot (sim-snapshot).
-CNI_PLUGIN_IMPLEMENTATIONS: tuple[str, ...] = tuple(impl.name for impl in CNI_IMPLEMENTATIONS)
+# them, the simulator predicts them only from a snapshot (sim-snapshot), so
+# they are kept apart from the ones every backend (and `mutants` on sim) runs.
+CNI_PLUGIN_IMPLEMENTATIONS: dict[str, Implementation] = {impl.name: impl for impl in CNI_IMPLEMENTATIONS}
 
 
 def get_implementation(name: str) -> Implementation:
-    try:
-        return IMPLEMENTATIONS[name]
-    except KeyError:
-        valid = ", ".join(IMPLEMENTATIONS)
-        raise KeyError(f"unknown implementation {name!r}; valid names: {valid}") from None
+    found = IMPLEMENTATIONS.get(name) or CNI_PLUGIN_IMPLEMENTATIONS.get(name)
+    if found is None:
+        valid = ", ".join([*IMPLEMENTATIONS, *CNI_PLUGIN_IMPLEMENTATIONS])
+        raise KeyError(f"unknown implementation {name!r}; valid names: {valid}")
+    return found
 
 
 def broken_implementations(*, cni_plugins: bool = False) -> tuple[Implementation, ...]:
-    """The broken variations; those running real CNI plugins only when asked (no plain sim for them)."""
-    return tuple(
-        impl
-        for impl in IMPLEMENTATIONS.values()
-        if impl.broken and (cni_plugins or impl.name not in CNI_PLUGIN_IMPLEMENTATIONS)
-    )
+    """The broken variations; with `cni_plugins`, also those running real CNI plugins (netns, sim-snapshot)."""
+    extra = CNI_PLUGIN_IMPLEMENTATIONS.values() if cni_plugins else ()
+    return tuple(impl for impl in (*IMPLEMENTATIONS.values(), *extra) if impl.broken)
 
 
 __all__ = [

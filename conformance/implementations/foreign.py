@@ -92,3 +92,32 @@ def fixed_cases(spec: str, scenario: Scenario, *, max_probes: int = 4) -> st.Sea
     if spec not in FIXED_PROBES:
         raise KeyError(f"spec {spec!r} cannot run on a fixed scenario (those that can: {', '.join(FIXED_PROBES)})")
     return cases_of(st.just(scenario), FIXED_PROBES[spec], max_probes=max_probes)
+
+
+@dataclass(frozen=True)
+class FixedDataplane:
+    """A Dataplane from a file (a node snapshot, say) as an implementation of the one scenario it realises."""
+
+    name: str
+    description: str
+    dataplane: Dataplane
+    scenario: Scenario
+    broken: bool = False
+
+    def render(self, scenario: Scenario) -> Dataplane:
+        if scenario != self.scenario:
+            raise ForeignScenarioError(f"{self.name}: this dataplane realises {self.scenario.name!r} only")
+        return self.dataplane
+
+
+def from_snapshot(dataplane_file: Path, scenario: Path) -> FixedDataplane:
+    """`netconformance snapshot` output and the scenario it was taken for."""
+    from conformance.snapshot import load_dataplane  # late: snapshot imports nothing of this module
+
+    dataplane = load_dataplane(dataplane_file.read_text(), str(dataplane_file))
+    return FixedDataplane(
+        name=f"dataplane:{dataplane_file.name}",
+        description=f"the Dataplane in {dataplane_file} ({dataplane.implementation or 'no implementation named'})",
+        dataplane=dataplane,
+        scenario=load_scenario(scenario),
+    )
