@@ -52,6 +52,7 @@ _BUILTIN: dict[str, str] = {
     "netns": "backends.netns:NetnsBackend",
     "kind": "backends.kind:KindBackend",
     "docker": "backends.docker:DockerBackend",
+    "sim-snapshot": "backends.sim_snapshot:SimSnapshotBackend",
 }
 
 

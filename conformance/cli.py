@@ -7,6 +7,7 @@ implementation went uncaught), 2 bad input or a backend that cannot run.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import json
 import sys
@@ -20,17 +21,26 @@ from typing import NoReturn
 from backends import Backend, BackendUnavailable, backend_names, get_backend
 from backends.sim.iptables import RulesetError
 from backends.sim.kernel import SimError
+from backends.sim_snapshot import SimSnapshotBackend
 from conformance.bench import render as render_bench
 from conformance.bench import run_bench
 from conformance.cases import dump_case, load_case
 from conformance.compare import CompareResult, run_compare
-from conformance.implementations import IMPLEMENTATIONS, REFERENCE, broken_implementations, get_implementation
-from conformance.loader import ScenarioError
+from conformance.implementations import (
+    CNI_PLUGIN_IMPLEMENTATIONS,
+    IMPLEMENTATIONS,
+    REFERENCE,
+    broken_implementations,
+    get_implementation,
+)
+from conformance.loader import ScenarioError, load_scenario
 from conformance.progress import Progress
 from conformance.reporting import RunMeta, write_run
 from conformance.reporting import register as register_report
 from conformance.runner import SpecResult, replay, run_spec, summarize
+from conformance.snapshot import dump_dataplane
 from conformance.specs import all_specs, get_spec
+from conformance.strategies import classic_scenario
 from conformance.tracing import Query, TraceError, trace
 
 DEFAULT_REPORT_DIR = Path("reports/runs")
@@ -74,9 +84,16 @@ def _specs(names: Sequence[str] | None) -> list[str]:
     return chosen
 
 
-def _implementation(name: str) -> None:
-    if name not in IMPLEMENTATIONS:
-        _fail(f"--implementation {name}: unknown (known: {', '.join(IMPLEMENTATIONS)})")
+def _implementation(names: str) -> list[str]:
+    """One or more comma-separated implementation names, checked."""
+    known = [*IMPLEMENTATIONS, *CNI_PLUGIN_IMPLEMENTATIONS]
+    chosen = _split(names)
+    for name in chosen:
+        if name not in known:
+            _fail(f"--implementation {name}: unknown (known: {', '.join(known)})")
+    if not chosen:
+        _fail("--implementation: give at least one implementation name")
+    return chosen
 
 
 def _run_dir(base: Path) -> Path:
@@ -103,9 +120,9 @@ def _run_matrix(
 def cmd_run(args: argparse.Namespace) -> int:
     backends = _backends(args.backend)
     specs = _specs(args.spec)
-    _implementation(args.implementation)
+    implementations = _implementation(args.implementation)
     meta = RunMeta.begin(args.argv, seed=args.seed, examples=args.examples)
-    results = _run_matrix(specs, backends, [args.implementation], args.examples, args.seed)
+    results = _run_matrix(specs, backends, implementations, args.examples, args.seed)
     run_dir = _run_dir(Path(args.report_dir))
     report = write_run(run_dir, results=results, meta=meta)
     for r in results:
@@ -129,7 +146,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_mutants(args: argparse.Namespace) -> int:
     backends = _backends(args.backend)
     specs = _specs(args.spec)
-    names = [REFERENCE, *(i.name for i in broken_implementations())]
+    # CNI-plugin implementations need a backend that can run the plugins.
+    cni = any(b.name in ("netns", "sim-snapshot") for b in backends)
+    names = [REFERENCE, *(i.name for i in broken_implementations(cni_plugins=cni))]
     meta = RunMeta.begin(args.argv, seed=args.seed, examples=args.examples)
     results = _run_matrix(specs, backends, names, args.examples, args.seed)
     report = write_run(_run_dir(Path(args.report_dir)), results=results, meta=meta)
@@ -222,26 +241,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     real = [b for b in backends if not b.exact]
     if len(exact) != 1 or not real:
         _fail("--backends: name one exact backend (sim) and at least one real backend, e.g. sim,netns")
-    _implementation(args.implementation)
-    impl = get_implementation(args.implementation)
+    implementations = [get_implementation(n) for n in _implementation(args.implementation)]
     predictor = exact[0]
+    if predictor.name == "sim-snapshot":
+        # Predict from the very namespaces the real backend built.
+        predictor = SimSnapshotBackend(live=real[0])  # type: ignore[arg-type]  # a netns backend
     meta = RunMeta.begin(args.argv, seed=args.seed, examples=args.examples)
     run_dir = _run_dir(Path(args.report_dir))
     comparisons: list[CompareResult] = []
     failed = 0
-    for backend in real:
-        progress = Progress(f"compare {predictor.name} vs {backend.name}", args.examples)
-        try:
-            r = run_compare(predictor, backend, impl, examples=args.examples, seed=args.seed, on_example=progress.step)
-        finally:
-            backend.teardown()
+    for b in real:
+        atexit.register(b.teardown)  # also on an interrupt; teardown is idempotent
+    for backend, impl in ((b, i) for b in real for i in implementations):
+        progress = Progress(f"compare {predictor.name} vs {backend.name} / {impl.name}", args.examples)
+        r = run_compare(predictor, backend, impl, examples=args.examples, seed=args.seed, on_example=progress.step)
         comparisons.append(r)
         progress.finish("agree" if r.passed else ("DISAGREE" if r.disagreement else "ERROR"))
         rate = r.examples / r.seconds if r.seconds else 0.0
         print(f"{r.examples} examples in {r.seconds:.1f}s ({rate:.1f}/s), seed {r.seed}")
         if r.disagreement is not None:
             failed += 1
-            case_file = run_dir / "disagreements" / f"{predictor.name}-{backend.name}.yaml"
+            case_file = run_dir / "disagreements" / f"{predictor.name}-{backend.name}-{impl.name}.yaml"
             case_file.parent.mkdir(parents=True, exist_ok=True)
             case_file.write_text(dump_case(r.disagreement.case), encoding="utf-8")
             print("\n" + r.disagreement.render())
@@ -249,6 +269,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         elif r.error is not None:
             failed += 1
             print(f"could not compare: {r.error}")
+    for backend in real:
+        backend.teardown()
     report = write_run(run_dir, results=[], comparisons=comparisons, meta=meta)
     print(f"report {report.html}")
     return 1 if failed else 0
@@ -293,12 +315,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """Read live namespaces back as a Dataplane file the simulator loads."""
+    from backends.netns.snapshot import snapshot_deployment, snapshot_run
+
+    if args.run:
+        dataplane = snapshot_run(args.run)
+    else:
+        scenario = load_scenario(args.scenario) if args.scenario else classic_scenario()
+        (name,) = _implementation(args.implementation)
+        _backends("netns")  # checks privileges and tools first
+        dataplane = snapshot_deployment(get_implementation(name).render(scenario))
+    Path(args.out).write_text(dump_dataplane(dataplane), encoding="utf-8")
+    print(f"snapshot of {len(dataplane.namespaces)} namespaces written to {args.out}")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     print("specs:")
     for s in all_specs().values():
         print(f"  {s.name:<14} {s.summary}")
     print("implementations:")
     for name, impl in IMPLEMENTATIONS.items():
+        print(f"  {name:<24} {impl.description}")
+    print("implementations wired by real CNI plugins (netns, sim-snapshot):")
+    for name, impl in CNI_PLUGIN_IMPLEMENTATIONS.items():
         print(f"  {name:<24} {impl.description}")
     print("backends:")
     for name in backend_names():
@@ -358,6 +399,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--implementation", default=REFERENCE)
     cmp.add_argument("--report-dir", default=str(DEFAULT_REPORT_DIR))
     cmp.set_defaults(func=cmd_compare)
+
+    sn = sub.add_parser("snapshot", help="read a node's live state (netns) into a Dataplane file for the simulator")
+    sn.add_argument("--out", required=True, help="where the Dataplane (JSON) goes")
+    sn.add_argument("--run", default=None, help="a recorded run of the netns backend to read")
+    sn.add_argument("--implementation", default=REFERENCE, help="deploy this implementation and read it back")
+    sn.add_argument("--scenario", default=None, help="scenario file to deploy (default: the classic scenario)")
+    sn.set_defaults(func=cmd_snapshot)
 
     cl = sub.add_parser("cleanup", help="remove what runs of this tool created (also after a crash)")
     cl.add_argument("--run", default=None, help="only this run id (default: every recorded run)")

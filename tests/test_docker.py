@@ -34,7 +34,7 @@ from backends.docker.placement import UNDERLAY_CONTAINER, PlacementError, place
 from backends.docker.wire import decode_outcome, decode_part, decode_probe, encode_outcome, encode_part, encode_probe
 from backends.sim import SimBackend
 from conformance.dataplane import Dataplane, Link
-from conformance.implementations import get_implementation
+from conformance.implementations import CNI_PLUGIN_IMPLEMENTATIONS, get_implementation
 from conformance.loader import load_scenario
 from conformance.model import Scenario
 from conformance.probes import Observation, Outcome, Probe
@@ -218,15 +218,29 @@ def test_node_containers_inspected_with_testinfra(backend: DockerBackend) -> Non
 
 
 def test_snapshot_from_inside_containers_predicts_them(backend: DockerBackend) -> None:
-    dataplane = get_implementation("reference").render(classic_with_node_port())
+    """Read back from inside the containers, the dataplane predicts what the containers did."""
+    for scenario, probes in ((classic_with_node_port(), CLASSIC_PROBES), (load_scenario(POLICIES), _policy_probes())):
+        dataplane = get_implementation("reference").render(scenario)
+        samples = _run(backend, dataplane, probes)
+        snap = backend.snapshot()
+        assert {ns.name for ns in snap.namespaces} == {ns.name for ns in dataplane.namespaces}
+        assert snap.netns("underlay").addresses == dataplane.netns("underlay").addresses  # the gateway, as read
+        assert snap.netns("node-node-1").iptables.count("-A KUBE-") == dataplane.netns("node-node-1").iptables.count(
+            "-A KUBE-"
+        )
+        for expected, sample in zip(_sim(snap, probes), samples, strict=True):
+            assert sample in expected.possible, f"{expected.probe}: {sample.summary()} vs {expected.describe()}"
+
+
+@pytest.mark.parametrize("implementation", sorted(CNI_PLUGIN_IMPLEMENTATIONS))
+def test_cni_plugins_in_containers_are_predicted_from_snapshots(backend: DockerBackend, implementation: str) -> None:
+    """Real CNI plugins run inside the node containers; read back, the simulator predicts what they built."""
+    dataplane = CNI_PLUGIN_IMPLEMENTATIONS[implementation].render(classic_with_node_port())
     samples = _run(backend, dataplane, CLASSIC_PROBES)
+    assert samples[0].verdict == "delivered" and samples[0].served_by == "default/pod-b"
     snap = backend.snapshot()
-    assert {ns.name for ns in snap.namespaces} >= {"node-node-1", "pod-default-pod-a", "pod-default-pod-b"}
-    # External probes come from the snapshot's synthesized gateway, not from .250: compare the rest.
-    inside = [i for i, p in enumerate(CLASSIC_PROBES) if p.source != "external"]
-    predicted = _sim(snap, [CLASSIC_PROBES[i] for i in inside])
-    for i, expected in zip(inside, predicted, strict=True):
-        assert samples[i] in expected.possible, f"{expected.probe}: {samples[i].summary()} vs {expected.describe()}"
+    for expected, sample in zip(_sim(snap, CLASSIC_PROBES), samples, strict=True):
+        assert sample in expected.possible, f"{expected.probe}: {sample.summary()} vs {expected.describe()}"
 
 
 def test_privilege_mode_is_detected_and_said(available: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -280,6 +294,11 @@ def test_teardown_leaves_nothing(available: None) -> None:
         assert sorted(names) == sorted(
             f"nc-{b.run_id}-{n}" for n in ("node-node-1", "node-node-2", "underlay", "wire")
         ), names
+        # The host's side of the wire has no address: the host is no router for the dataplane.
+        assert b.network is not None
+        bridge = f"br-{b.network[:12]}"
+        shown = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", bridge], capture_output=True, text=True)
+        assert shown.returncode == 0 and shown.stdout == "", shown
     finally:
         b.teardown()
     b.teardown()  # safe twice
@@ -290,7 +309,7 @@ def test_teardown_leaves_nothing(available: None) -> None:
 CHILD = """
 import os, signal
 from backends.docker.backend import DockerBackend
-from conformance.implementations import get_implementation
+from conformance.implementations import CNI_PLUGIN_IMPLEMENTATIONS, get_implementation
 from conformance.strategies import classic_scenario
 b = DockerBackend()
 b.deploy(get_implementation("reference").render(classic_scenario()))

@@ -19,13 +19,14 @@ from hypothesis import given, settings
 
 from backends import BackendUnavailable
 from backends.netns import NetnsBackend
+from backends.netns.snapshot import snapshot_run
 from backends.sim import SimBackend
 from backends.sim_snapshot import SimSnapshotBackend
 from conformance.cases import Case
 from conformance.dataplane import Dataplane, Route
 from conformance.implementations import get_implementation
-from conformance.implementations.foreign import ForeignScenarioError, fixed_cases, load
-from conformance.loader import load_scenario
+from conformance.implementations.foreign import ForeignScenarioError, fixed_cases, from_snapshot, load
+from conformance.loader import dump_scenario, load_scenario
 from conformance.probes import Probe
 from conformance.snapshot import (
     DataplaneFormatError,
@@ -306,3 +307,22 @@ def test_dataplane_file_is_read_strictly() -> None:
         load_dataplane(json.dumps(doc))
     with pytest.raises(DataplaneFormatError, match="apiVersion"):
         load_dataplane(json.dumps({"kind": "Dataplane"}))
+
+
+def test_snapshot_of_a_run_by_id_is_the_state_without_the_intent(live: NetnsBackend) -> None:
+    live.deploy(get_implementation("reference").render(classic_scenario()))
+    full = live.snapshot()
+    by_id = snapshot_run(live.run_id)
+    assert [ns.name for ns in by_id.namespaces] == [ns.name for ns in full.namespaces]
+    assert [dataclasses.replace(ns, listeners=()) for ns in full.namespaces] == list(by_id.namespaces)
+    assert by_id.sources == ()
+
+
+def test_fixed_dataplane_from_a_snapshot_file(tmp_path: Path) -> None:
+    dp = get_implementation("reference").render(classic_scenario())
+    (tmp_path / "dp.json").write_text(dump_dataplane(dp))
+    (tmp_path / "s.yaml").write_text(dump_scenario(classic_scenario()))
+    impl = from_snapshot(tmp_path / "dp.json", tmp_path / "s.yaml")
+    assert impl.render(classic_scenario()) == dp
+    with pytest.raises(ForeignScenarioError):
+        impl.render(load_scenario(POLICIES))

@@ -31,7 +31,6 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
-import hashlib
 import json
 import os
 import selectors
@@ -46,6 +45,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from backends.docker.common import kernel_name
 from backends.docker.wire import Json, Part, decode_part, decode_probe, encode_outcome
 from backends.netns import build
 from backends.netns.build import Netns
@@ -76,12 +76,6 @@ def _enter_scratch() -> int:
         err = ctypes.get_errno()
         raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
     return thread_netns_inode()
-
-
-def kernel_name(logical: str) -> str:
-    """The name under /run/netns inside the container: readable, filesystem-safe, unique per logical name."""
-    clean = "".join(c if c.isalnum() or c in "_.-" else "-" for c in logical)
-    return clean if clean == logical else f"{clean}-{hashlib.sha256(logical.encode()).hexdigest()[:6]}"
 
 
 def _structure(part: Part) -> Part:

@@ -12,24 +12,30 @@ round trip per container, not a container start.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import re
 import secrets
 import shlex
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from ipaddress import IPv4Address
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backends import BackendUnavailable
 from backends.docker import daemon, image
+from backends.docker.common import kernel_name
 from backends.docker.daemon import AgentError, NodeContainer, Privilege
-from backends.docker.placement import Plan, place
+from backends.docker.placement import UNDERLAY_CONTAINER, Plan, place
 from backends.docker.wire import decode_outcome, encode_part, encode_probe
-from conformance.dataplane import Dataplane
+from conformance.dataplane import Dataplane, NetnsConfig
 from conformance.probes import Observation, Probe
 
-__all__ = ["DockerBackend", "cleanup"]
+if TYPE_CHECKING:
+    from conformance.snapshot import NamespaceRead
+
+__all__ = ["ContainerAccess", "DockerBackend", "cleanup"]
+
+SAVE = "iptables-legacy-save"  # the variant the agents restore with (the image selects legacy too)
 
 DEFAULT_PROBE_TIMEOUT = 0.5
 DEPLOY_TIMEOUT = 60.0
@@ -44,6 +50,26 @@ def cleanup(run_id: str | None = None) -> list[str]:
     named by its owner label is no longer running on this host.
     """
     return daemon.cleanup(daemon.connect(), run_id)
+
+
+class ContainerAccess:
+    """One namespace of a container, for the snapshot reader: testinfra's docker:// plus `ip netns exec`."""
+
+    def __init__(self, host: Any, logical: str, netns: str | None) -> None:
+        self.host = host
+        self.logical = logical
+        self.netns = netns  # None: the container's own namespace
+
+    def run(self, argv: Sequence[str]) -> str:
+        from conformance.snapshot import SnapshotError
+
+        cmd = list(argv) if self.netns is None else ["ip", "netns", "exec", self.netns, *argv]
+        result = self.host.run(shlex.join(cmd))
+        if result.rc != 0:
+            raise SnapshotError(
+                f"{self.logical}: {' '.join(argv[:2])}: exit {result.rc}: {result.stderr.strip()[:300]}"
+            )
+        return str(result.stdout)
 
 
 def _docker_name(logical: str) -> str:
@@ -169,48 +195,68 @@ class DockerBackend:
             logical = self._plan.hosts[logical]
         return testinfra.get_host(f"docker://{self.container_name(logical)}")
 
-    def exec_in(self, logical: str) -> Any:
-        """An Exec (argv -> stdout) in the container of `logical`, through testinfra, for node snapshots."""
-        host = self.host(logical)
-
-        def run(cmd: Sequence[str]) -> str:
-            from backends.kind.snapshot import SnapshotError
-
-            result = host.run(shlex.join(cmd))
-            if result.rc != 0:
-                raise SnapshotError(
-                    f"{shlex.join(cmd)[:80]} in {logical}: exit {result.rc}: {result.stderr.strip()[:300]}"
-                )
-            return str(result.stdout)
-
-        return run
+    def access(self, logical: str) -> ContainerAccess:
+        """A `NodeAccess` (conformance.snapshot) into namespace `logical`, wherever it lives, through testinfra."""
+        plan = self._plan
+        if plan is None or logical not in plan.hosts:
+            raise KeyError(f"docker backend: no namespace {logical!r} deployed")
+        container = plan.hosts[logical]
+        inner = None if container == logical or plan.parts[container].own.name == logical else kernel_name(logical)
+        return ContainerAccess(self.host(container), logical, inner)
 
     def snapshot(self) -> Dataplane:
-        """The nodes as they really are, read from inside their containers, as a Dataplane for the simulator.
+        """Every container read from inside, as a plain Dataplane the simulator predicts.
 
-        The same reader as for kind nodes (`backends.kind.snapshot`): links,
-        addresses, routes, sysctls and iptables-save of each node container
-        and of every pod namespace in it. As for kind, the underlay is
-        assembled from the nodes' uplinks, and "external" probes come from
-        its gateway address.
+        The general reader (`conformance.snapshot`), one exec per namespace.
+        Nodes are read as containers (their uplink's peer is on the host);
+        the underlay container is read too, its Docker interface standing for
+        the ports toward the nodes, so the gateway and the external client
+        are what the kernel has, not assumptions. Listeners and probe sources
+        come from the deployed dataplane (they are not kernel state).
         """
-        from backends.kind.snapshot import PodInfo, assemble, read_node
+        from conformance.snapshot import assemble, carry_over, read_namespace
 
-        dataplane, plan = self._dataplane, self._plan
-        if dataplane is None or plan is None:
+        intent, plan = self._dataplane, self._plan
+        if intent is None or plan is None:
             raise RuntimeError("docker backend: snapshot() before deploy()")
-        nodes = [ns for ns in dataplane.namespaces if ns.role == "node"]
-        snaps = [read_node(self.exec_in(ns.name), ns.name.removeprefix("node-")) for ns in nodes]
-        sources = dict((netns, source) for source, netns in dataplane.sources)
-        pods_by_ip: dict[IPv4Address, PodInfo] = {}
-        for ns in dataplane.namespaces:
-            if ns.role == "pod":
-                for _, addr in ns.addresses:
-                    pods_by_ip[addr.ip] = PodInfo(ns.name, ns.listeners, sources.get(ns.name))
-        node_sources = {
-            source: netns.removeprefix("node-") for source, netns in dataplane.sources if source.startswith("node:")
-        }
-        return assemble(snaps, pods_by_ip, node_sources)
+        names = {kernel_name(ns.name): ns.name for ns in intent.namespaces}
+
+        def read(ns: NetnsConfig) -> NamespaceRead:
+            return read_namespace(self.access(ns.name), ns.name, ns.role, iptables_save=SAVE)
+
+        under = plan.parts.get(UNDERLAY_CONTAINER)
+        beyond = set() if under is None else {under.own.name, *(ns.name for ns in under.inner)}
+        nodes = assemble(
+            [read(ns) for ns in intent.namespaces if ns.name not in beyond],
+            names,
+            outside="underlay",
+            implementation=f"snapshot of {intent.implementation or 'a deployment'}",
+        )
+        if under is None:
+            return carry_over(nodes, intent)
+        wire = under.uplink.name if under.uplink is not None else None
+        reads = [read(under.own), *(read(ns) for ns in under.inner)]
+        own = reads[0]
+        reads[0] = dataclasses.replace(
+            own, raw=dataclasses.replace(own.raw, links=tuple(lk for lk in own.raw.links if lk.name != wire))
+        )
+        outside = assemble(reads, names, outside="error")
+        # The ports the node reads synthesized stand for the Docker network: they join the read bridge.
+        master = under.uplink.master if under.uplink is not None else None
+        ports = tuple(
+            dataclasses.replace(lk, master=master)
+            for ns in nodes.namespaces
+            if ns.role == "underlay"
+            for lk in ns.links
+            if lk.kind == "veth"
+        )
+        underlay = outside.netns(under.own.name)
+        merged = (
+            dataclasses.replace(underlay, links=(*underlay.links, *ports)),
+            *(ns for ns in outside.namespaces if ns.name != underlay.name),
+            *(ns for ns in nodes.namespaces if ns.role != "underlay"),
+        )
+        return carry_over(dataclasses.replace(nodes, namespaces=merged), intent)
 
     # -- internals -----------------------------------------------------------------
 

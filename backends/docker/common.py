@@ -6,6 +6,7 @@ the node image, which has no SDK.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from pathlib import Path
@@ -58,3 +59,9 @@ def owner_alive(label: str) -> bool:
     if host != socket.gethostname() or not pid.isdigit():
         return host != socket.gethostname()
     return str(process_start_time(int(pid))) == start
+
+
+def kernel_name(logical: str) -> str:
+    """A namespace's name under /run/netns inside its container: readable, safe, unique per logical name."""
+    clean = "".join(c if c.isalnum() or c in "_.-" else "-" for c in logical)
+    return clean if clean == logical else f"{clean}-{hashlib.sha256(logical.encode()).hexdigest()[:6]}"

@@ -38,6 +38,8 @@ READY_TIMEOUT = 60.0
 # seccomp or AppArmor profile, nothing masked or read-only in /proc.
 PRIVILEGE_MODES = ("privileged", "caps")
 CAPS_DROPPED = ("SYS_RESOURCE",)
+# The host side of the network's bridge gets no address: the host routes nothing to or from it.
+INHIBIT_IPV4 = "com.docker.network.bridge.inhibit_ipv4"
 
 
 def docker_host() -> str:
@@ -390,38 +392,61 @@ def create_network(client: Any, name: str, run_id: str) -> str:
         driver="bridge",
         labels=base_labels(run_id, "underlay"),
         options={
-            "com.docker.network.bridge.inhibit_ipv4": "true",
+            INHIBIT_IPV4: "true",
             "com.docker.network.bridge.enable_ip_masquerade": "false",
             "com.docker.network.bridge.enable_icc": "true",
         },
         check_duplicate=True,
     )
+    # A daemon that ignored the option would have put the gateway on the host's bridge.
+    bridge = f"br-{net.id[:12]}"
+    if _local_addresses(bridge):
+        remove_network(client, net.id)
+        raise BackendUnavailable(
+            f"docker backend: this Docker daemon gave the network's bridge {bridge} an address despite "
+            f"{INHIBIT_IPV4}=true (Docker 20.10 or later is needed): refusing to route the dataplane through the host"
+        )
     return str(net.id)
 
 
 def host_addresses(client: Any) -> set[str]:
     """IPv4 addresses the Docker host itself answers to, as far as this process can know them.
 
-    Gateways of the daemon's networks always; this machine's own addresses
-    when the daemon is local. A scenario address among them would be
-    answered by the host (it replies to ARP on every interface), and a
-    packet sent to it could leave through the host's routing.
+    Gateways of the daemon's networks always (but not of networks whose
+    bridge gets no address, as ours); this machine's own addresses when the
+    daemon is local. A scenario address among them would be answered by the
+    host (it replies to ARP on every interface), and a packet sent to it
+    could leave through the host's routing.
     """
     found: set[str] = set()
     for net in client.networks.list():
+        if (net.attrs.get("Options") or {}).get(INHIBIT_IPV4) == "true":
+            continue
         for cfg in (net.attrs.get("IPAM") or {}).get("Config") or []:
             if cfg.get("Gateway"):
                 found.add(str(cfg["Gateway"]))
-    if docker_host().startswith("unix://"):
-        try:
-            from pyroute2 import IPRoute
-
-            with IPRoute() as ipr:
-                found.update(str(a.get_attr("IFA_LOCAL")) for a in ipr.get_addr(family=socket.AF_INET))
-        except Exception:  # unreadable here: the daemon's gateways are still checked
-            pass
+    found.update(_local_addresses())
     found.discard("None")
     return found
+
+
+def _local_addresses(device: str | None = None) -> set[str]:
+    """IPv4 addresses on this machine (of one device), when the daemon is local; empty otherwise."""
+    if not docker_host().startswith("unix://"):
+        return set()
+    try:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            kw: dict[str, Any] = {"family": socket.AF_INET}
+            if device is not None:
+                found = ipr.link_lookup(ifname=device)
+                if not found:
+                    return set()
+                kw["index"] = found[0]
+            return {str(a.get_attr("IFA_LOCAL")) for a in ipr.get_addr(**kw)}
+    except Exception:  # unreadable here: the daemon's gateways are still checked
+        return set()
 
 
 def labelled(client: Any, kind: str) -> list[Any]:

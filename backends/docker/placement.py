@@ -7,7 +7,8 @@
   the node end of that veth (eth0); in the underlay container it joins the
   bridge, which keeps the underlay's address (the nodes' gateway).
 * Every other namespace (pods, the external client) is created inside the
-  container of the namespace its veth connects it to.
+  container of the namespace its veth connects it to, or of the node whose
+  CNI plugins attach it.
 
 What a Docker network cannot be is refused with the reason, never bent:
 a hairpin flag on a port of the wire (the host's bridge is not ours to
@@ -78,11 +79,19 @@ def place(dataplane: Dataplane) -> Plan:
         own = dataclasses.replace(underlay, links=tuple(link for link in underlay.links if link not in wire))
         master = next(iter(masters)) if wire else None
         underlay_part = (own, Uplink(WIRE_NAME, master) if master is not None else None)
-    # Everything else lives with whatever its veths reach, transitively.
+    # Everything else lives with whatever its veths reach, transitively; a pod that
+    # a CNI plugin attaches lives with the node the plugin runs in.
     changed = True
     while changed:
         changed = False
         for ns in dataplane.namespaces:
+            for att in ns.cni:
+                if att.netns not in by_name:
+                    raise PlacementError(
+                        f"{ns.name}: CNI attachment {att.container_id[:12]} names no namespace {att.netns!r}"
+                    )
+                if ns.name in hosts and att.netns not in hosts:
+                    hosts[att.netns], changed = hosts[ns.name], True
             for link in _veths(ns):
                 peer = link.peer_netns
                 if peer is None or peer not in by_name:
