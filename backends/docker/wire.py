@@ -6,19 +6,21 @@ only, so a message is one line of a JSON-lines stream.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from ipaddress import IPv4Address
+import dataclasses
+import functools
+import types
+import typing
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, cast
 
-from conformance.dataplane import Dataplane, NetnsConfig
+from conformance.dataplane import NetnsConfig
 from conformance.model import Protocol
 from conformance.probes import Outcome, Probe, Verdict
-from conformance.snapshot import dump_dataplane, load_dataplane
 
 Json = dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Uplink:
     """The container's Docker interface, standing in for one link of the dataplane's underlay.
 
@@ -32,7 +34,7 @@ class Uplink:
     master: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Part:
     """One container's share of a dataplane: its own namespace and the ones inside it."""
 
@@ -41,22 +43,61 @@ class Part:
     uplink: Uplink | None  # None: the Docker interface stays down and without addresses
 
 
+def to_json(value: Any) -> Any:
+    """A frozen dataclass tree (NetnsConfig and everything in it) as plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [to_json(v) for v in value]
+    if isinstance(value, IPv4Address | IPv4Interface | IPv4Network):
+        return str(value)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise TypeError(f"cannot send a {type(value).__name__} to an agent")
+
+
+def from_json(tp: Any, data: Any) -> Any:
+    """The inverse of `to_json`, driven by the type annotations, so new fields need no code here."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(from_json(args[0], x) for x in data)
+        return tuple(from_json(a, x) for a, x in zip(args, data, strict=True))
+    if origin in (typing.Union, types.UnionType):
+        if data is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return from_json(inner, data)
+    if origin is typing.Literal or tp in (str, int, float, bool):
+        return data
+    if tp in (IPv4Address, IPv4Interface, IPv4Network):
+        return tp(data)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        hints = _hints(tp)
+        return tp(**{name: from_json(hints[name], value) for name, value in data.items()})
+    raise TypeError(f"cannot read a {tp!r} from an agent message")
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def encode_part(part: Part) -> Json:
-    """The namespaces in the project's own Dataplane format (`conformance.snapshot`), which
-    follows every field a NetnsConfig has; the container's own namespace first."""
-    plane = Dataplane(namespaces=(part.own, *part.inner))
+    """The container's share as JSON (the own namespace first).
+
+    Generic over the dataclasses rather than `conformance.snapshot`'s file
+    format: that one is read with YAML, 25-30 ms per node here, a third of
+    an example's cost; this is under 2 ms.
+    """
     uplink = None if part.uplink is None else {"name": part.uplink.name, "master": part.uplink.master}
-    return {"dataplane": dump_dataplane(plane), "uplink": uplink}
+    return {"namespaces": [to_json(ns) for ns in (part.own, *part.inner)], "uplink": uplink}
 
 
 def decode_part(d: Json) -> Part:
-    plane = load_dataplane(str(d["dataplane"]), "<part>")
+    own, *inner = (from_json(NetnsConfig, ns) for ns in d["namespaces"])
     up = d["uplink"]
-    return Part(
-        own=plane.namespaces[0],
-        inner=plane.namespaces[1:],
-        uplink=None if up is None else Uplink(str(up["name"]), up["master"]),
-    )
+    return Part(own=own, inner=tuple(inner), uplink=None if up is None else Uplink(str(up["name"]), up["master"]))
 
 
 def encode_probe(p: Probe, netns: str) -> Json:
