@@ -157,24 +157,26 @@ def cmd_mutants(args: argparse.Namespace) -> int:
         print(f"{r.spec} / {r.implementation} / {r.backend}: could not run: {r.error}")
     bad = 0
     for backend in backends:
-        print(f"\nbackend {backend.name}: which spec caught which implementation (x = caught)")
+        print(f"\nbackend {backend.name}: which spec caught which implementation (x caught, E error)")
         width = max(len(n) for n in names)
         print(" " * width + "  " + "  ".join(specs))
         for name in names:
             row = [r for r in results if r.implementation == name and r.backend == backend.name]
+            # x: the spec caught it; E: the run could not judge (an error is never a catch).
             cells = [
-                "x".center(len(s)) if not r.passed else ".".center(len(s)) for s, r in zip(specs, row, strict=True)
+                ("x" if r.failure is not None else "E" if r.error is not None else ".").center(len(s))
+                for s, r in zip(specs, row, strict=True)
             ]
-            hit = any(not r.passed for r in row)
+            hit = any(r.failure is not None for r in row)
             verdict = ""
-            if name == REFERENCE and hit:
+            if name == REFERENCE and any(not r.passed for r in row):
                 verdict, bad = "  <- the reference must pass every spec", bad + 1
             elif name != REFERENCE and not hit:
                 verdict, bad = "  <- NOT CAUGHT by any spec", bad + 1
             print(name.ljust(width) + "  " + "  ".join(cells) + verdict)
         for s in specs:
             if not any(
-                not r.passed
+                r.failure is not None
                 for r in results
                 if r.spec == s and r.backend == backend.name and r.implementation != REFERENCE
             ):
@@ -184,7 +186,7 @@ def cmd_mutants(args: argparse.Namespace) -> int:
         1
         for name in names[1:]
         for b in backends
-        if any(not r.passed for r in results if r.implementation == name and r.backend == b.name)
+        if any(r.failure is not None for r in results if r.implementation == name and r.backend == b.name)
     )
     print(
         f"\n{caught} of {len(names) - 1} broken implementations caught per backend x {len(backends)}; problems: {bad}"

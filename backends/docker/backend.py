@@ -171,8 +171,8 @@ class DockerBackend:
         if self.client is None:
             return
         if containers:
-            # Killed and removed first, then the channel closed: the agent gets no
-            # chance to exit on its own and race the removal through auto-remove.
+            # Removed (killed) first, then the channel closed: closing first would let
+            # the agents start an orderly teardown that the removal only interrupts.
             with ThreadPoolExecutor(max_workers=8) as pool:
                 list(pool.map(lambda c: daemon.remove_container(self.client, c.id), containers))
             for c in containers:

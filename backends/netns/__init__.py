@@ -206,6 +206,9 @@ class NetnsBackend:
         if self._worker is not None:
             self._worker.close()
             self._worker = None
+        # The runner is bound to that worker and run directory: a reused
+        # backend starts a new one.
+        self._cni = None
 
     # -- internals -------------------------------------------------------------
 
