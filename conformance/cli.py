@@ -333,6 +333,13 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_image(args: argparse.Namespace) -> int:
+    from backends.docker.image import main as image_main  # the docker SDK only when asked for
+
+    code: int = image_main(args.image_args)
+    return code
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     print("specs:")
     for s in all_specs().values():
@@ -408,6 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     sn.add_argument("--implementation", default=REFERENCE, help="deploy this implementation and read it back")
     sn.add_argument("--scenario", default=None, help="scenario file to deploy (default: the classic scenario)")
     sn.set_defaults(func=cmd_snapshot)
+
+    img = sub.add_parser("image", help="the docker backend's node image: build, name, prune", add_help=False)
+    img.add_argument("image_args", nargs=argparse.REMAINDER)
+    img.set_defaults(func=cmd_image)
 
     cl = sub.add_parser("cleanup", help="remove what runs of this tool created (also after a crash)")
     cl.add_argument("--run", default=None, help="only this run id (default: every recorded run)")
