@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from ipaddress import IPv4Address
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network
 
 from hypothesis import strategies as st
 
 from conformance.cases import Case
-from conformance.model import Pod, Scenario
+from conformance.model import Node, Pod, Scenario
 from conformance.probes import Observation, Outcome, Probe
 
 
@@ -62,3 +63,9 @@ def each_outcome(obs: Observation) -> Iterable[tuple[Outcome, float]]:
 
 def served_set(obs: Observation) -> set[str]:
     return {o.served_by for o, _ in each_outcome(obs) if o.verdict == "delivered" and o.served_by}
+
+
+def second_node(s: Scenario) -> Node:
+    """A second node for pinned examples: node-2, next address, next pod CIDR."""
+    first = s.nodes[0]
+    return replace(first, name="node-2", ip=first.ip + 1, pod_cidr=IPv4Network("10.244.2.0/24"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
 from hypothesis import strategies as st
 
@@ -19,7 +19,7 @@ from conformance import strategies
 from conformance.cases import Case
 from conformance.probes import Observation, Probe
 from conformance.specs import Spec
-from conformance.specs.common import cases_of, each_outcome, source_pod, violation
+from conformance.specs.common import cases_of, each_outcome, second_node, source_pod, violation
 from conformance.strategies import classic_scenario
 
 
@@ -59,7 +59,7 @@ def check(case: Case, observations: Sequence[Observation], exact: bool) -> list[
 def _two_nodes() -> Case:
     """Classic plus pod-c on a second node: pod traffic across nodes keeps its source."""
     s = classic_scenario()
-    node2 = replace(s.nodes[0], name="node-2", ip=IPv4Address("172.18.0.3"), pod_cidr=IPv4Network("10.244.2.0/24"))
+    node2 = second_node(s)
     c = replace(
         s.pod("default/pod-a"), name="pod-c", node="node-2", ip=IPv4Address("10.244.2.10"), labels=(("app", "c"),)
     )

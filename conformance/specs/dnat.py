@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
 from hypothesis import strategies as st
 
@@ -33,6 +33,7 @@ from conformance.specs.common import (
     each_outcome,
     external_ip,
     node_with_ip,
+    second_node,
     served_set,
     source_node,
     source_pod,
@@ -157,7 +158,7 @@ def check(case: Case, observations: Sequence[Observation], exact: bool) -> list[
 def _local_nodeport() -> Case:
     """Classic plus an empty second node; svc-b is a NodePort with externalTrafficPolicy Local."""
     s = classic_scenario()
-    node2 = replace(s.nodes[0], name="node-2", ip=IPv4Address("172.18.0.3"), pod_cidr=IPv4Network("10.244.2.0/24"))
+    node2 = second_node(s)
     svc = s.services[0]
     ports = tuple(replace(sp, node_port=30080 + i) for i, sp in enumerate(svc.ports))
     svc = replace(svc, type="NodePort", external_traffic_policy="Local", ports=ports)
