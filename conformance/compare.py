@@ -23,7 +23,7 @@ from conformance import strategies
 from conformance.cases import Case, dump_case
 from conformance.implementations import Implementation
 from conformance.probes import Observation, Outcome, Probe
-from conformance.runner import CONFIRMING_TIMEOUT, SCREENING_TIMEOUT, traced
+from conformance.runner import SCREENING_TIMEOUT, confirm_timeouts, timed_out, traced
 from conformance.specs.common import cases_of
 
 
@@ -102,19 +102,9 @@ def _observe_confirmed(
 ) -> list[Observation]:
     observed = backend.observe(probes)
     suspects = [
-        i
-        for i, (p, o) in enumerate(zip(predicted, observed, strict=True))
-        if not agrees(p, o) and any(x.verdict == "dropped" for x, _ in o.outcomes)
+        i for i, (p, o) in enumerate(zip(predicted, observed, strict=True)) if not agrees(p, o) and timed_out(o)
     ]
-    if suspects and hasattr(backend, "probe_timeout"):
-        saved = backend.probe_timeout
-        backend.probe_timeout = max(CONFIRMING_TIMEOUT, saved)
-        try:
-            again = backend.observe([probes[i] for i in suspects])
-        finally:
-            backend.probe_timeout = saved
-        for i, obs in zip(suspects, again, strict=True):
-            observed[i] = obs
+    confirm_timeouts(backend, probes, observed, suspects)
     return observed
 
 

@@ -120,22 +120,35 @@ def check_case(
     backend.reset()
     observations = backend.observe(case.probes)
     violations = spec.check(case, observations, backend.exact)
-    timed_out = [i for i, obs in enumerate(observations) if any(o.verdict == "dropped" for o, _ in obs.outcomes)]
-    if violations and timed_out and hasattr(backend, "probe_timeout"):
+    dropped = [i for i, obs in enumerate(observations) if timed_out(obs)]
+    if violations and dropped and hasattr(backend, "probe_timeout"):
         # A real backend screens with a short wait: before a timeout counts
         # against the dataplane, ask again and wait long enough to be sure.
-        saved = backend.probe_timeout
-        backend.probe_timeout = max(CONFIRMING_TIMEOUT, saved)
-        try:
-            again = backend.observe([case.probes[i] for i in timed_out])
-        finally:
-            backend.probe_timeout = saved
-        for i, obs in zip(timed_out, again, strict=True):
-            observations[i] = obs
+        confirm_timeouts(backend, case.probes, observations, dropped)
         violations = spec.check(case, observations, backend.exact)
     if violations and getattr(backend, "tracing", True) is False:
         observations = traced(backend, case.probes)
     return observations, violations
+
+
+def timed_out(obs: Observation) -> bool:
+    return any(o.verdict == "dropped" for o, _ in obs.outcomes)
+
+
+def confirm_timeouts(
+    backend: Backend, probes: Sequence[Probe], observations: list[Observation], which: Sequence[int]
+) -> None:
+    """Observe probes[i] (i in `which`) again with the long timeout; replace their observations in place."""
+    if not which or not hasattr(backend, "probe_timeout"):
+        return
+    saved = backend.probe_timeout
+    backend.probe_timeout = max(CONFIRMING_TIMEOUT, saved)
+    try:
+        again = backend.observe([probes[i] for i in which])
+    finally:
+        backend.probe_timeout = saved
+    for i, obs in zip(which, again, strict=True):
+        observations[i] = obs
 
 
 def traced(backend: Backend, probes: Sequence[Probe]) -> list[Observation]:
