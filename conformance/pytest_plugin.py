@@ -9,11 +9,13 @@ environment variable NETCONFORMANCE_REQUIRE_BACKENDS names it.
 from __future__ import annotations
 
 import os
+import pickle
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,7 @@ from conformance.runner import SpecResult
 _RESULTS = pytest.StashKey[list[SpecResult]]()
 
 REQUIRE_ENV = "NETCONFORMANCE_REQUIRE_BACKENDS"
+_WORKER_KEY = "netconformance_results"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -38,7 +41,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Tox and CI runs leave the same reports a CLI run does."""
-    results: list[SpecResult] = session.config.stash.get(_RESULTS, [])
+    config = session.config
+    results: list[SpecResult] = config.stash.get(_RESULTS, [])
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        # A pytest-xdist worker: hand the results to the controller, which
+        # writes one report for the whole session.
+        workeroutput[_WORKER_KEY] = pickle.dumps(results)
+        return
     if not results:
         return
     from conformance.reporting import RunMeta, write_run  # only when there is something to write
@@ -51,6 +61,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(f"netconformance report: {report.html}")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist (controller): a worker finished; keep its spec results."""
+    data = getattr(node, "workeroutput", {}).get(_WORKER_KEY)
+    if data is not None:
+        node.config.stash[_RESULTS].extend(pickle.loads(data))
 
 
 @pytest.fixture

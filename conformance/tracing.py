@@ -17,7 +17,7 @@ from typing import Literal
 
 from backends.sim.iptables import NatTarget, Ruleset, parse_iptables_save
 from backends.sim.kernel import Arrived, Kernel, Lost, SendError, Walk
-from backends.sim.packet import Packet
+from backends.sim.packet import Addr, Packet
 from backends.sim.probing import CLIENT_PORT, ScriptedChooser
 from conformance.dataplane import Dataplane, Link, NetnsConfig, Route
 
@@ -219,7 +219,7 @@ def trace(q: Query) -> Report:
         chooser = ScriptedChooser(script)
         walk = Walk(chooser, [])
         flags = frozenset({"SYN"}) if q.proto == "tcp" else frozenset()
-        pkt = Packet(q.src, q.dst, q.proto, CLIENT_PORT, q.dport, flags)
+        pkt = Packet(Addr.of(q.src), Addr.of(q.dst), q.proto, CLIENT_PORT, q.dport, flags)
         result = _result(kernel, src_ns.name, q, kernel.send(walk, src_ns, pkt), walk)
         result.probability = chooser.weight()
         if result.key() in found:

@@ -19,9 +19,13 @@ from backends.sim.netfilter import (
     NetfilterState,
     traverse,
 )
-from backends.sim.packet import L4, Conn, CtState, Packet, Tuple5
+from backends.sim.packet import L4, Addr, Conn, CtState, Packet, Tuple5
 
-A = IPv4Address
+
+def A(text: str) -> Addr:
+    """An address as the simulator's packets carry it."""
+    return Addr.of(IPv4Address(text))
+
 
 # kube-proxy (iptables mode) for one Service with three endpoints, one without any.
 KUBE_PROXY = (Path(__file__).parent / "rulesets" / "kube-proxy-dump.txt").read_text()
@@ -63,7 +67,7 @@ class Always:
         return self.answer
 
 
-def no_types(addr: IPv4Address, iface: str | None) -> frozenset[str]:
+def no_types(addr: Addr, iface: str | None) -> frozenset[str]:
     return frozenset({"UNICAST"})
 
 
@@ -74,7 +78,7 @@ def ctx(
     out_dev: str | None = None,
     chooser: Chooser | None = None,
     state: NetfilterState | None = None,
-    addr_type: Callable[[IPv4Address, str | None], frozenset[str]] = no_types,
+    addr_type: Callable[[Addr, str | None], frozenset[str]] = no_types,
     trace: list[str] | None = None,
     **kw: object,
 ) -> HookContext:
@@ -352,9 +356,9 @@ def test_conntrack_without_entry_matches_only_through_ctstate() -> None:
 
 
 def test_addrtype_with_fake_lookup() -> None:
-    asked: list[tuple[IPv4Address, str | None]] = []
+    asked: list[tuple[Addr, str | None]] = []
 
-    def types(addr: IPv4Address, iface: str | None) -> frozenset[str]:
+    def types(addr: Addr, iface: str | None) -> frozenset[str]:
         asked.append((addr, iface))
         return frozenset({"LOCAL"}) if addr == A("192.168.1.10") else frozenset({"UNICAST"})
 
@@ -605,7 +609,7 @@ def test_kube_proxy_unmarked_traffic_returns_to_policy() -> None:
 def test_kube_proxy_nodeport_via_addrtype() -> None:
     rs = parse_iptables_save(KUBE_PROXY)
 
-    def types(addr: IPv4Address, iface: str | None) -> frozenset[str]:
+    def types(addr: Addr, iface: str | None) -> frozenset[str]:
         return frozenset({"LOCAL"}) if addr == A("192.168.1.2") else frozenset({"UNICAST"})
 
     p = pkt(src="192.168.1.50", dst="192.168.1.2", dport=30080)
@@ -686,7 +690,7 @@ def test_destination_index_gives_the_linear_walks_answers(monkeypatch: pytest.Mo
     linear = parse_iptables_save(text)
     netfilter.prepare(linear)
 
-    def types(addr: IPv4Address, iface: str | None) -> frozenset[str]:
+    def types(addr: Addr, iface: str | None) -> frozenset[str]:
         return frozenset({"LOCAL"}) if addr == A("192.168.0.1") else frozenset({"UNICAST"})
 
     probes = []

@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 import pytest
 
 from backends.sim.kernel import Arrived, Kernel, Lost, SimError, Walk
-from backends.sim.packet import Packet
+from backends.sim.packet import Addr, Packet
 from backends.sim.probing import ScriptedChooser, observe
 from conformance.dataplane import Dataplane, Link, Listener, NetnsConfig, Route
 from conformance.model import Protocol
@@ -124,25 +124,25 @@ def test_arp_resolution_teaches_the_bridge_both_macs() -> None:
     a_eth0 = kernel.namespaces["pod-10"].devices["eth0"]
     b_eth0 = kernel.namespaces["pod-11"].devices["eth0"]
     assert cni0.fdb == {}
-    assert kernel.resolve(walk(), a_eth0, POD_B) == b_eth0.mac
+    assert kernel.resolve(walk(), a_eth0, Addr.of(POD_B)) == b_eth0.mac
     node = kernel.namespaces["node"]
     assert cni0.fdb == {a_eth0.mac: node.devices["veth-pod-10"], b_eth0.mac: node.devices["veth-pod-11"]}
     # The answer is cached in the asking namespace's neighbour table.
-    assert kernel.namespaces["pod-10"].neigh[("eth0", POD_B)] == b_eth0.mac
+    assert kernel.namespaces["pod-10"].neigh[("eth0", Addr.of(POD_B))] == b_eth0.mac
 
 
 def test_arp_for_the_bridge_address_answers_with_the_bridge_mac() -> None:
     kernel = Kernel(bridge_node())
     cni0 = kernel.namespaces["node"].devices["cni0"]
     a_eth0 = kernel.namespaces["pod-10"].devices["eth0"]
-    assert kernel.resolve(walk(), a_eth0, BRIDGE_IP) == cni0.mac
+    assert kernel.resolve(walk(), a_eth0, Addr.of(BRIDGE_IP)) == cni0.mac
     assert cni0.fdb == {a_eth0.mac: kernel.namespaces["node"].devices["veth-pod-10"]}
 
 
 def test_arp_for_an_absent_address_gets_no_answer_and_caches_nothing() -> None:
     kernel = Kernel(bridge_node())
     a = kernel.namespaces["pod-10"]
-    assert kernel.resolve(walk(), a.devices["eth0"], A("10.244.1.99")) is None
+    assert kernel.resolve(walk(), a.devices["eth0"], Addr.of(A("10.244.1.99"))) is None
     assert a.neigh == {}
 
 
@@ -151,7 +151,7 @@ def test_frames_teach_the_bridge_their_source_port() -> None:
     node = kernel.namespaces["node"]
     cni0 = node.devices["cni0"]
     # Learned from a frame, not from ARP: the source MAC maps to the ingress port.
-    pkt = Packet(POD_A, BRIDGE_IP, "udp", 41000, 9)
+    pkt = Packet(Addr.of(POD_A), Addr.of(BRIDGE_IP), "udp", 41000, 9)
     pkt.src_mac, pkt.dst_mac = "02:00:00:00:00:aa", cni0.mac
     kernel.br_handle_frame(walk(), cni0, node.devices["veth-pod-10"], pkt)
     assert cni0.fdb["02:00:00:00:00:aa"] is node.devices["veth-pod-10"]
@@ -160,7 +160,7 @@ def test_frames_teach_the_bridge_their_source_port() -> None:
 def test_unknown_unicast_is_a_simerror_not_a_guess() -> None:
     kernel = Kernel(bridge_node(bridge_nf=False))
     node = kernel.namespaces["node"]
-    pkt = Packet(POD_A, POD_B, "udp", 41000, 8080)
+    pkt = Packet(Addr.of(POD_A), Addr.of(POD_B), "udp", 41000, 8080)
     pkt.dst_mac = "02:00:00:00:00:99"
     with pytest.raises(SimError, match="flooding is not modelled"):
         kernel.br_forward(walk(), node.devices["cni0"], node.devices["veth-pod-10"], pkt, netfilter=False)
@@ -176,7 +176,7 @@ def test_frame_back_out_of_its_ingress_port_needs_hairpin_mode(hairpin: bool) ->
     a = kernel.namespaces["pod-10"]
     cni0, port_a = node.devices["cni0"], node.devices["veth-pod-10"]
     cni0.fdb[a.devices["eth0"].mac] = port_a
-    pkt = Packet(POD_B, POD_A, "udp", 41000, 8080)
+    pkt = Packet(Addr.of(POD_B), Addr.of(POD_A), "udp", 41000, 8080)
     pkt.dst_mac = a.devices["eth0"].mac
     landing = kernel.br_forward(walk(), cni0, port_a, pkt, netfilter=False)
     if hairpin:

@@ -13,7 +13,7 @@ import pytest
 
 from backends.sim.conntrack import ConntrackTable, bind, nat_packet, track
 from backends.sim.kernel import Arrived, Kernel, Lost, NetNS, Walk
-from backends.sim.packet import Packet
+from backends.sim.packet import Addr, Packet
 from backends.sim.probing import CLIENT_PORT, ScriptedChooser, observe
 from conformance.dataplane import Dataplane, Link, Listener, NetnsConfig, Route
 from conformance.model import Protocol
@@ -26,6 +26,12 @@ NODE_IN = A("10.0.0.1")
 NODE_OUT = A("10.1.0.1")
 SERVER = A("10.1.0.2")
 VIP = A("10.96.0.1")
+
+
+def sim(ip: IPv4Address) -> Addr:
+    """An address as the simulator's packets carry it."""
+    return Addr.of(ip)
+
 
 HEAD = ":PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n"
 
@@ -106,7 +112,7 @@ def walk() -> Walk:
 
 
 def tcp(src: str, dst: str, sport: int, dport: int, *flags: str) -> Packet:
-    return Packet(A(src), A(dst), "tcp", sport, dport, frozenset(flags))
+    return Packet(sim(A(src)), sim(A(dst)), "tcp", sport, dport, frozenset(flags))
 
 
 # ---------------------------------------------------------------- track()
@@ -140,46 +146,48 @@ def test_fin_without_a_connection_is_invalid() -> None:
 
 def test_states_over_a_connection_lifetime() -> None:
     table = ConntrackTable()
-    first = Packet(CLIENT, SERVER, "udp", 41000, 8080)
+    first = Packet(sim(CLIENT), sim(SERVER), "udp", 41000, 8080)
     track(table, first)
     assert (first.ctstate, first.ct_reply) == ("NEW", False)
     assert first.ct is not None
     table.confirm(first.ct)
     assert set(table.by_tuple) == {first.tuple5(), first.tuple5().reversed()}
 
-    again = Packet(CLIENT, SERVER, "udp", 41000, 8080)
+    again = Packet(sim(CLIENT), sim(SERVER), "udp", 41000, 8080)
     track(table, again)
     assert (again.ct, again.ctstate) == (first.ct, "NEW")  # no reply seen yet
 
-    reply = Packet(SERVER, CLIENT, "udp", 8080, 41000)
+    reply = Packet(sim(SERVER), sim(CLIENT), "udp", 8080, 41000)
     track(table, reply)
     assert (reply.ct, reply.ctstate, reply.ct_reply) == (first.ct, "ESTABLISHED", True)
     assert "SEEN_REPLY" in first.ct.status
 
-    later = Packet(CLIENT, SERVER, "udp", 41000, 8080)
+    later = Packet(sim(CLIENT), sim(SERVER), "udp", 41000, 8080)
     track(table, later)
     assert (later.ctstate, later.ct_reply) == ("ESTABLISHED", False)
 
-    other = Packet(CLIENT, SERVER, "udp", 41001, 8080)
+    other = Packet(sim(CLIENT), sim(SERVER), "udp", 41001, 8080)
     track(table, other)
     assert other.ctstate == "NEW" and other.ct is not first.ct
 
 
 def test_icmp_errors_are_related_to_the_connection_they_quote() -> None:
     table = ConntrackTable()
-    dgram = Packet(CLIENT, SERVER, "udp", 41000, 8080)
+    dgram = Packet(sim(CLIENT), sim(SERVER), "udp", 41000, 8080)
     track(table, dgram)
     assert dgram.ct is not None
     table.confirm(dgram.ct)
     # The server answers the datagram with port unreachable: reply direction.
-    err = Packet(SERVER, CLIENT, "icmp", icmp_type=3, icmp_code=3, inner=dgram.copy())
+    err = Packet(sim(SERVER), sim(CLIENT), "icmp", icmp_type=3, icmp_code=3, inner=dgram.copy())
     track(table, err)
     assert (err.ctstate, err.ct, err.ct_reply) == ("RELATED", dgram.ct, True)
     # Quoting a packet of no known connection, or nothing at all: INVALID.
-    stray = Packet(SERVER, CLIENT, "icmp", icmp_type=3, icmp_code=3, inner=Packet(CLIENT, SERVER, "udp", 9, 9))
+    stray = Packet(
+        sim(SERVER), sim(CLIENT), "icmp", icmp_type=3, icmp_code=3, inner=Packet(sim(CLIENT), sim(SERVER), "udp", 9, 9)
+    )
     track(table, stray)
     assert (stray.ctstate, stray.ct) == ("INVALID", None)
-    bare = Packet(SERVER, CLIENT, "icmp", icmp_type=3, icmp_code=3)
+    bare = Packet(sim(SERVER), sim(CLIENT), "icmp", icmp_type=3, icmp_code=3)
     track(table, bare)
     assert bare.ctstate == "INVALID"
 
@@ -192,11 +200,16 @@ def test_dnat_binding_rewrites_the_request_and_un_nats_the_reply() -> None:
     syn = tcp("10.0.0.2", "10.96.0.1", 41000, 80, "SYN")
     track(table, syn)
     assert syn.ct is not None
-    bind(syn.ct, "DST", SERVER, 8080)
+    bind(syn.ct, "DST", sim(SERVER), 8080)
     assert {"INIT_DST", "DNAT"} <= syn.ct.status
-    assert (syn.ct.reply.src, syn.ct.reply.sport, syn.ct.reply.dst, syn.ct.reply.dport) == (SERVER, 8080, CLIENT, 41000)
+    assert (syn.ct.reply.src, syn.ct.reply.sport, syn.ct.reply.dst, syn.ct.reply.dport) == (
+        sim(SERVER),
+        8080,
+        sim(CLIENT),
+        41000,
+    )
     assert nat_packet(syn, "DST") is True
-    assert (syn.dst, syn.dport) == (SERVER, 8080)
+    assert (syn.dst, syn.dport) == (sim(SERVER), 8080)
     assert nat_packet(syn, "SRC") is False  # no SNAT binding
     table.confirm(syn.ct)
 
@@ -205,28 +218,28 @@ def test_dnat_binding_rewrites_the_request_and_un_nats_the_reply() -> None:
     assert (synack.ctstate, synack.ct_reply) == ("ESTABLISHED", True)
     assert nat_packet(synack, "DST") is False
     assert nat_packet(synack, "SRC") is True
-    assert (synack.src, synack.sport, synack.dst, synack.dport) == (VIP, 80, CLIENT, 41000)
+    assert (synack.src, synack.sport, synack.dst, synack.dport) == (sim(VIP), 80, sim(CLIENT), 41000)
 
 
 def test_snat_binding_rewrites_the_source_and_un_nats_the_reply_destination() -> None:
     table = ConntrackTable()
-    dgram = Packet(CLIENT, SERVER, "udp", 41000, 8080)
+    dgram = Packet(sim(CLIENT), sim(SERVER), "udp", 41000, 8080)
     track(table, dgram)
     assert dgram.ct is not None
-    bind(dgram.ct, "SRC", NODE_OUT, None)  # keep the port
+    bind(dgram.ct, "SRC", sim(NODE_OUT), None)  # keep the port
     assert "SNAT" in dgram.ct.status and "DNAT" not in dgram.ct.status
     assert nat_packet(dgram, "SRC") is True
-    assert (dgram.src, dgram.sport) == (NODE_OUT, 41000)
+    assert (dgram.src, dgram.sport) == (sim(NODE_OUT), 41000)
     table.confirm(dgram.ct)
-    reply = Packet(SERVER, NODE_OUT, "udp", 8080, 41000)
+    reply = Packet(sim(SERVER), sim(NODE_OUT), "udp", 8080, 41000)
     track(table, reply)
     assert reply.ct is dgram.ct and reply.ct_reply
     assert nat_packet(reply, "DST") is True
-    assert (reply.dst, reply.dport) == (CLIENT, 41000)
+    assert (reply.dst, reply.dport) == (sim(CLIENT), 41000)
 
 
 def test_null_binding_changes_nothing() -> None:
-    pkt = Packet(CLIENT, SERVER, "udp", 41000, 8080)
+    pkt = Packet(sim(CLIENT), sim(SERVER), "udp", 41000, 8080)
     track(ConntrackTable(), pkt)
     assert pkt.ct is not None
     bind(pkt.ct, "DST", None, None)
@@ -240,26 +253,26 @@ def test_dnat_to_the_same_address_is_not_a_dnat() -> None:
     pkt = tcp("10.0.0.2", "10.1.0.2", 41000, 8080, "SYN")
     track(ConntrackTable(), pkt)
     assert pkt.ct is not None
-    bind(pkt.ct, "DST", SERVER, 8080)
+    bind(pkt.ct, "DST", sim(SERVER), 8080)
     assert "DNAT" not in pkt.ct.status
 
 
 def test_icmp_error_translation_rewrites_outer_and_embedded_headers() -> None:
     table = ConntrackTable()
-    dgram = Packet(CLIENT, VIP, "udp", 41000, 80)
+    dgram = Packet(sim(CLIENT), sim(VIP), "udp", 41000, 80)
     track(table, dgram)
     assert dgram.ct is not None
-    bind(dgram.ct, "DST", SERVER, 8080)
+    bind(dgram.ct, "DST", sim(SERVER), 8080)
     nat_packet(dgram, "DST")
     table.confirm(dgram.ct)
     # The endpoint quotes the datagram as it arrived: to 10.1.0.2:8080.
-    err = Packet(SERVER, CLIENT, "icmp", icmp_type=3, icmp_code=3, inner=dgram.copy())
+    err = Packet(sim(SERVER), sim(CLIENT), "icmp", icmp_type=3, icmp_code=3, inner=dgram.copy())
     track(table, err)
     assert err.ctstate == "RELATED"
     assert err.inner is not None
     assert nat_packet(err, "SRC") is True
-    assert (err.src, err.dst) == (VIP, CLIENT)
-    assert (err.inner.src, err.inner.sport, err.inner.dst, err.inner.dport) == (CLIENT, 41000, VIP, 80)
+    assert (err.src, err.dst) == (sim(VIP), sim(CLIENT))
+    assert (err.inner.src, err.inner.sport, err.inner.dst, err.inner.dport) == (sim(CLIENT), 41000, sim(VIP), 80)
 
 
 # ---------------------------------------------------------------- through the kernel
@@ -358,29 +371,29 @@ def test_nat_table_is_consulted_only_for_a_connections_first_packet() -> None:
         assert kernel.hook(w, node, "POSTROUTING", pkt, in_dev=None, out_dev=node.devices["eth1"]).verdict == "ACCEPT"
         return [line for line in w.trace if "nat/PREROUTING" in line]
 
-    first = Packet(CLIENT, VIP, "udp", 41000, 80)
+    first = Packet(sim(CLIENT), sim(VIP), "udp", 41000, 80)
     assert through(first)
-    assert (first.dst, first.dport) == (SERVER, 8080)
-    second = Packet(CLIENT, VIP, "udp", 41000, 80, mark=0x1)
+    assert (first.dst, first.dport) == (sim(SERVER), 8080)
+    second = Packet(sim(CLIENT), sim(VIP), "udp", 41000, 80, mark=0x1)
     assert through(second) == []  # same connection: rewritten from the binding alone
-    assert (second.ctstate, second.dst, second.dport) == ("NEW", SERVER, 8080)
-    other = Packet(CLIENT, VIP, "udp", 41001, 80, mark=0x1)
+    assert (second.ctstate, second.dst, second.dport) == ("NEW", sim(SERVER), 8080)
+    other = Packet(sim(CLIENT), sim(VIP), "udp", 41001, 80, mark=0x1)
     assert through(other)
-    assert (other.dst, other.dport) == (A("10.1.0.30"), 9090)
+    assert (other.dst, other.dport) == (sim(A("10.1.0.30")), 9090)
 
 
 @pytest.mark.parametrize("forward", ["ACCEPT", "DROP"])
 def test_unconfirmed_connection_vanishes_when_its_first_packet_is_dropped(forward: str) -> None:
     kernel = Kernel(routed(dnat_to(SERVER, 8080) + filter_(forward=forward)))
     node = kernel.namespaces["node"]
-    landing = kernel.send(walk(), kernel.namespaces["client"], Packet(CLIENT, VIP, "udp", 41000, 80))
+    landing = kernel.send(walk(), kernel.namespaces["client"], Packet(sim(CLIENT), sim(VIP), "udp", 41000, 80))
     if forward == "DROP":
         assert isinstance(landing, Lost)
         assert node.conntrack.by_tuple == {}
     else:
         assert isinstance(landing, Arrived)
         entries = {(c.original.dst, c.reply.src, r) for c, r in node.conntrack.by_tuple.values()}
-        assert entries == {(VIP, SERVER, False), (VIP, SERVER, True)}
+        assert entries == {(sim(VIP), sim(SERVER), False), (sim(VIP), sim(SERVER), True)}
 
 
 def test_after_a_dropped_first_packet_the_retry_is_a_new_connection() -> None:
@@ -392,14 +405,14 @@ def test_after_a_dropped_first_packet_the_retry_is_a_new_connection() -> None:
     )
     kernel = Kernel(routed(rules + filter_()))
     node = kernel.namespaces["node"]
-    first = Packet(CLIENT, VIP, "udp", 41000, 80)
+    first = Packet(sim(CLIENT), sim(VIP), "udp", 41000, 80)
     kernel.hook(walk(), node, "PREROUTING", first, in_dev=node.devices["eth0"], out_dev=None)
     assert first.ct is not None and "DNAT" in first.ct.status
     assert node.conntrack.by_tuple == {}
-    retry = Packet(CLIENT, VIP, "udp", 41000, 80, mark=0x1)
+    retry = Packet(sim(CLIENT), sim(VIP), "udp", 41000, 80, mark=0x1)
     kernel.hook(walk(), node, "PREROUTING", retry, in_dev=node.devices["eth0"], out_dev=None)
     assert retry.ctstate == "NEW" and retry.ct is not first.ct
-    assert (retry.dst, retry.dport) == (A("10.1.0.30"), 9090)
+    assert (retry.dst, retry.dport) == (sim(A("10.1.0.30")), 9090)
 
 
 @pytest.mark.parametrize("proto", ["TCP", "UDP"])
@@ -415,16 +428,22 @@ def test_icmp_error_from_a_dnat_endpoint_reaches_the_client_as_from_the_service(
     kernel = Kernel(routed(dnat_to(SERVER, 9999) + filter_()))
     client, server = kernel.namespaces["client"], kernel.namespaces["server"]
     w = walk()
-    there = kernel.send(w, client, Packet(A(0), VIP, "udp", CLIENT_PORT, 80))
+    there = kernel.send(w, client, Packet(sim(A(0)), sim(VIP), "udp", CLIENT_PORT, 80))
     assert isinstance(there, Arrived) and there.netns is server
-    assert (there.pkt.src, there.pkt.dst, there.pkt.dport) == (CLIENT, SERVER, 9999)
+    assert (there.pkt.src, there.pkt.dst, there.pkt.dport) == (sim(CLIENT), sim(SERVER), 9999)
     back = kernel.icmp_send(w, server, there.pkt, 3, 3, in_dev=None)
     assert isinstance(back, Arrived) and back.netns is client
     err = back.pkt
-    assert (err.proto, err.icmp_type, err.icmp_code, err.src, err.dst) == ("icmp", 3, 3, VIP, CLIENT)
+    assert (err.proto, err.icmp_type, err.icmp_code, err.src, err.dst) == ("icmp", 3, 3, sim(VIP), sim(CLIENT))
     assert err.inner is not None
     inner = err.inner
-    assert (inner.proto, inner.src, inner.sport, inner.dst, inner.dport) == ("udp", CLIENT, CLIENT_PORT, VIP, 80)
+    assert (inner.proto, inner.src, inner.sport, inner.dst, inner.dport) == (
+        "udp",
+        sim(CLIENT),
+        CLIENT_PORT,
+        sim(VIP),
+        80,
+    )
 
 
 # ---------------------------------------------------------------- veth scrubbing
@@ -455,7 +474,7 @@ def test_veth_crossing_clears_conntrack_and_across_namespaces_the_mark(same_netn
     ns_a: NetNS = kernel.namespaces["solo" if same_netns else "left"]
     va = ns_a.devices["va"]
     assert va.peer is not None
-    pkt = Packet(A("192.0.2.7"), A("10.9.1.1"), "udp", 41000, 8080, mark=0x4000)
+    pkt = Packet(sim(A("192.0.2.7")), sim(A("10.9.1.1")), "udp", 41000, 8080, mark=0x4000)
     track(ConntrackTable(), pkt)
     assert pkt.ct is not None and pkt.ctstate == "NEW"
     pkt.dst_mac = va.peer.mac

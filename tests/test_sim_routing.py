@@ -12,7 +12,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 import pytest
 
 from backends.sim.kernel import Arrived, Kernel, Lost, NetNS, SendError, SimError, Walk
-from backends.sim.packet import Packet
+from backends.sim.packet import Addr, Packet
 from backends.sim.probing import ScriptedChooser, observe
 from conformance.dataplane import Dataplane, Link, Listener, NetnsConfig, Route
 from conformance.model import Protocol
@@ -82,7 +82,7 @@ def walk() -> Walk:
 
 
 def udp(src: IPv4Address, dst: IPv4Address) -> Packet:
-    return Packet(src, dst, "udp", 41000, 8080)
+    return Packet(Addr.of(src), Addr.of(dst), "udp", 41000, 8080)
 
 
 def router_of(dp: Dataplane) -> tuple[Kernel, NetNS]:
@@ -108,29 +108,29 @@ def test_longest_prefix_match_picks_the_most_specific_route() -> None:
         "172.16.5.9": ("eth1", SERVER_IP),
     }
     for dst, (dev, nexthop) in expected.items():
-        route = kernel.route_output(router, A(dst))
+        route = kernel.route_output(router, Addr.of(A(dst)))
         assert route.kind == "forward", dst
         assert route.dev is not None
-        assert (route.dev.name, route.nexthop) == (dev, nexthop), dst
+        assert (route.dev.name, route.nexthop) == (dev, Addr.of(nexthop)), dst
 
 
 def test_connected_routes_come_from_addresses_except_host_addresses() -> None:
     extra = (addr("eth1", "192.0.2.1/32"),)
     kernel, router = router_of(routed(router_addresses=extra))
-    route = kernel.route_output(router, A("10.1.0.77"))
+    route = kernel.route_output(router, Addr.of(A("10.1.0.77")))
     assert route.kind == "forward"
     assert route.dev is not None and route.dev.name == "eth1"
     # On-link: the next hop is the destination itself; the source is the prefsrc.
-    assert (route.nexthop, route.src) == (A("10.1.0.77"), ROUTER_OUT)
+    assert (route.nexthop, route.src) == (Addr.of(A("10.1.0.77")), Addr.of(ROUTER_OUT))
     # A /32 address adds no connected route for its neighbours.
-    assert kernel.route_output(router, A("192.0.2.2")).error == "ENETUNREACH"
+    assert kernel.route_output(router, Addr.of(A("192.0.2.2"))).error == "ENETUNREACH"
 
 
 def test_local_table_wins_over_a_more_specific_main_route() -> None:
     # A /32 in the main table pointing away cannot steal a local address.
     routes = (Route(N("10.1.0.1/32"), "eth0"),)
     kernel, router = router_of(routed(router_routes=routes))
-    out = kernel.route_output(router, ROUTER_OUT)
+    out = kernel.route_output(router, Addr.of(ROUTER_OUT))
     assert out.kind == "local"
     assert out.dev is not None and out.dev.name == "lo"
     arriving = kernel.route_input(router, udp(CLIENT_IP, ROUTER_OUT), router.devices["eth0"])
@@ -145,9 +145,9 @@ def test_source_selection_explicit_src_gateway_subnet_and_fallback() -> None:
     extra = (addr("eth1", "192.168.50.1/24"),)
     kernel, router = router_of(routed(router_routes=routes, router_addresses=extra))
     # eth1 has 10.1.0.1 first; the address on the gateway's subnet is preferred.
-    assert kernel.route_output(router, A("203.0.113.5")).src == A("192.168.50.1")
+    assert kernel.route_output(router, Addr.of(A("203.0.113.5"))).src == Addr.of(A("192.168.50.1"))
     # An explicit `src` on the route wins over selection.
-    assert kernel.route_output(router, A("198.18.1.1")).src == A("10.0.0.1")
+    assert kernel.route_output(router, Addr.of(A("198.18.1.1"))).src == Addr.of(A("10.0.0.1"))
 
 
 def test_source_selection_falls_back_to_another_device_never_loopback() -> None:
@@ -160,10 +160,10 @@ def test_source_selection_falls_back_to_another_device_never_loopback() -> None:
     )
     peer = NetnsConfig(name="peer", role="pod", addresses=(addr("down", "10.50.0.1/16"),))
     kernel = Kernel(Dataplane((client, peer), sources=(("client", "client"),)))
-    route = kernel.route_output(kernel.namespaces["client"], A("10.50.3.3"))
+    route = kernel.route_output(kernel.namespaces["client"], Addr.of(A("10.50.3.3")))
     assert route.kind == "forward"
     assert route.dev is not None and route.dev.name == "bare"
-    assert route.src == CLIENT_IP
+    assert route.src == Addr.of(CLIENT_IP)
 
 
 def test_no_route_is_enetunreach_for_local_sends() -> None:
@@ -378,7 +378,7 @@ def test_sending_to_an_own_address_loops_back_without_a_source_check() -> None:
     landing = kernel.send(walk(), router, udp(A(0), ROUTER_OUT))
     assert isinstance(landing, Arrived)
     assert landing.netns is router
-    assert (landing.pkt.src, landing.pkt.dst) == (ROUTER_OUT, ROUTER_OUT)
+    assert (landing.pkt.src, landing.pkt.dst) == (Addr.of(ROUTER_OUT), Addr.of(ROUTER_OUT))
 
 
 # ---------------------------------------------------------------- configuration errors

@@ -10,10 +10,9 @@ rewritten from the two tuples alone: that is how replies are un-NATed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 from typing import Literal
 
-from backends.sim.packet import Conn, Packet, Tuple5
+from backends.sim.packet import Addr, Conn, Packet, Tuple5
 
 Manip = Literal["SRC", "DST"]
 
@@ -98,7 +97,7 @@ def nat_initialized(conn: Conn, manip: Manip) -> bool:
     return f"INIT_{manip}" in conn.status
 
 
-def bind(conn: Conn, manip: Manip, ip: IPv4Address | None, port: int | None) -> None:
+def bind(conn: Conn, manip: Manip, ip: Addr | None, port: int | None) -> None:
     """Record a NAT binding decided on the first packet (ip None: null binding)."""
     conn.status.add(f"INIT_{manip}")
     if ip is None:
@@ -141,10 +140,14 @@ def nat_packet(pkt: Packet, manip: Manip) -> bool:
     if conn is None:
         return False
     reply_dir = pkt.ct_reply
+    related = pkt.ctstate == "RELATED" and pkt.inner is not None
+    if not related and not _manip_wanted(conn, reply_dir, manip):
+        return False  # the common case: nothing to rewrite at this hook
     other = conn.original if reply_dir else conn.reply
     target = other.reversed()
     before = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
-    if pkt.ctstate == "RELATED" and pkt.inner is not None:
+    if related:
+        assert pkt.inner is not None
         # nf_nat_icmp_reply_translation: the embedded header is put back to
         # how its own direction looks, with the opposite manip; then the
         # outer header as usual.

@@ -16,7 +16,6 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 from typing import Literal, Protocol
 
 from backends.sim.iptables import (
@@ -50,7 +49,7 @@ from backends.sim.iptables import (
     StatisticMatch,
     Verdict,
 )
-from backends.sim.packet import Conn, Packet
+from backends.sim.packet import Addr, Conn, Packet
 
 _MASK32 = 0xFFFFFFFF
 # The kernel's xt_recent default: addresses kept per list (ip_list_tot).
@@ -81,7 +80,7 @@ class HookContext:
     in_dev: str | None
     out_dev: str | None
     # (address, limit iface or None) -> {"LOCAL", "UNICAST", ...}
-    addr_type: Callable[[IPv4Address, str | None], frozenset[str]]
+    addr_type: Callable[[Addr, str | None], frozenset[str]]
     chooser: Chooser
     state: NetfilterState
     physdev_in: str | None = None  # bridge ports, for a bridged frame (br_netfilter)
@@ -94,7 +93,7 @@ class HookContext:
 @dataclass(frozen=True)
 class Nat:
     kind: Literal["DNAT", "SNAT", "MASQUERADE"]
-    ip: IPv4Address | None  # None for MASQUERADE (the stack picks the out device's source)
+    ip: Addr | None  # None for MASQUERADE (the stack picks the out device's source)
     port: int | None  # None: keep the port
     flags: frozenset[str] = frozenset()  # random, random-fully, persistent
 
@@ -106,7 +105,7 @@ class Nat:
         return f"{self.kind} {where}".rstrip() + flags
 
 
-@dataclass
+@dataclass(frozen=True)
 class Decision:
     verdict: Literal["ACCEPT", "DROP", "REJECT"]
     rule: Rule | None  # the deciding rule; None when a built-in chain's policy (or no table) did
@@ -141,9 +140,9 @@ def _ports(r: PortRange) -> Callable[[int], bool]:
     return lambda port: (lo <= port <= hi) != inv
 
 
-def _net(sel: NetSel) -> Callable[[IPv4Address], bool]:
+def _net(sel: NetSel) -> Callable[[Addr], bool]:
     net, mask, inv = int(sel.net.network_address), int(sel.net.netmask), sel.invert
-    return lambda a: ((int(a) & mask) == net) != inv
+    return lambda a: ((a & mask) == net) != inv
 
 
 def _all(tests: list[Pred]) -> Pred:
@@ -158,8 +157,8 @@ def _compile_match(m: Match, rule: Rule, index: int) -> Pred | None:
     if isinstance(m, AddrMatch):
         net, mask, inv = int(m.net.network_address), int(m.net.netmask), m.invert
         if m.field == "src":
-            return lambda p, c: ((int(p.src) & mask) == net) != inv
-        return lambda p, c: ((int(p.dst) & mask) == net) != inv
+            return lambda p, c: ((p.src & mask) == net) != inv
+        return lambda p, c: ((p.dst & mask) == net) != inv
     if isinstance(m, ProtoMatch):
         proto, inv = m.proto, m.invert
         return lambda p, c: (p.proto == proto) != inv
@@ -203,10 +202,10 @@ def _compile_match(m: Match, rule: Rule, index: int) -> Pred | None:
         tests: list[Pred] = []
         if m.src is not None:
             slo, shi, sinv = int(m.src.lo), int(m.src.hi), m.src.invert
-            tests.append(lambda p, c: (slo <= int(p.src) <= shi) != sinv)
+            tests.append(lambda p, c: (slo <= p.src <= shi) != sinv)
         if m.dst is not None:
             dlo, dhi, dinv = int(m.dst.lo), int(m.dst.hi), m.dst.invert
-            tests.append(lambda p, c: (dlo <= int(p.dst) <= dhi) != dinv)
+            tests.append(lambda p, c: (dlo <= p.dst <= dhi) != dinv)
         return _all(tests)
     raise AssertionError(m)
 
@@ -285,9 +284,7 @@ def _compile_conntrack(m: ConntrackMatch) -> Pred:
     return conntrack
 
 
-def _ct_addr(
-    test: Callable[[IPv4Address], bool], pick: Callable[[Conn], IPv4Address]
-) -> Callable[[Packet, Conn], bool]:
+def _ct_addr(test: Callable[[Addr], bool], pick: Callable[[Conn], Addr]) -> Callable[[Packet, Conn], bool]:
     return lambda p, ct: test(pick(ct))
 
 
@@ -345,7 +342,7 @@ def _compile_recent(m: RecentMatch) -> Pred:
     def recent(p: Packet, c: HookContext) -> bool:
         # Mirrors the kernel's recent_mt, including where `!` applies.
         table = c.state.recent.setdefault(name, {})
-        addr = int(p.src if use_src else p.dst) & mask
+        addr = (p.src if use_src else p.dst) & mask
         stamps = table.get(addr)
         ret = inv
         if stamps is None:
@@ -430,6 +427,7 @@ class _CRule:
     nat: Nat | None = None
     reject_with: str | None = None
     log: LogTarget | None = None
+    decision: Decision | None = None  # what a terminal target returns, built once
 
 
 @dataclass(eq=False)
@@ -446,7 +444,7 @@ class _CChain:
     def candidates(self, pkt: Packet) -> tuple[int, ...]:
         if self.by_dst is None:
             return self.all_idx
-        return self.by_dst.get(int(pkt.dst), self.others)
+        return self.by_dst.get(pkt.dst, self.others)
 
 
 _INDEX_MIN_RULES = 16  # below this a linear walk is as fast
@@ -507,17 +505,21 @@ def _compile_rule(rule: Rule, chains: dict[str, _CChain]) -> _CRule:
         pass
     elif isinstance(t, Verdict):
         cr.action = {"ACCEPT": _ACCEPT, "DROP": _DROP, "RETURN": _RETURN}[t.name]
+        if t.name != "RETURN":
+            cr.decision = Decision("ACCEPT" if t.name == "ACCEPT" else "DROP", rule)
     elif isinstance(t, Jump):
         cr.action = _GOTO if t.goto else _JUMP
         cr.target_chain = chains[t.chain]
     elif isinstance(t, RejectTarget):
         cr.action, cr.reject_with = _REJECT, t.reject_with
+        cr.decision = Decision("REJECT", rule, reject_with=t.reject_with)
     elif isinstance(t, MarkTarget):
         cr.action, cr.mark = _MARK, t
     elif isinstance(t, ConnmarkTarget):
         cr.action, cr.connmark = _CONNMARK, t
     elif isinstance(t, NatTarget):
-        cr.action, cr.nat = _NAT, Nat(t.kind, t.ip, t.port, t.flags)
+        cr.action, cr.nat = _NAT, Nat(t.kind, None if t.ip is None else Addr.of(t.ip), t.port, t.flags)
+        cr.decision = Decision("ACCEPT", rule, nat=cr.nat)
     elif isinstance(t, LogTarget):
         cr.action, cr.log = _LOG, t
     else:
@@ -541,6 +543,14 @@ def _tables(ruleset: Ruleset) -> dict[str, dict[str, _CChain]]:
     return tables
 
 
+CompiledTable = dict[str, _CChain]
+
+
+def compiled_tables(ruleset: Ruleset) -> dict[str, CompiledTable]:
+    """The ruleset's tables compiled for `traverse_compiled` (compiled once per Ruleset)."""
+    return _tables(ruleset)
+
+
 # --------------------------------------------------------------------------
 # The walk
 
@@ -557,36 +567,44 @@ def _connmark(t: ConnmarkTarget, pkt: Packet) -> None:
         pkt.mark = (pkt.mark & ~t.nfmask & _MASK32) ^ (ct.mark & t.ctmask)
 
 
+POLICY_ACCEPT = Decision("ACCEPT", None)
+POLICY_DROP = Decision("DROP", None)
+
+
 def traverse(ruleset: Ruleset, table: str, pkt: Packet, ctx: HookContext) -> Decision:
     """Walk built-in chain `ctx.hook` of `table` for `pkt`, as ipt_do_table does.
 
     MARK/CONNMARK modify the packet (and its conntrack entry) in place.
     """
-    chains = _tables(ruleset).get(table)
+    return traverse_compiled(_tables(ruleset).get(table), pkt, ctx)
+
+
+def _step(ctx: HookContext, ch: _CChain, what: str, rule: Rule | None = None) -> None:
+    assert ctx.trace is not None
+    where = f"{ctx.netns} {ctx.hook} {ch.table}/{ch.name}:"
+    ctx.trace.append(f"{where} {rule.text} => {what}" if rule is not None else f"{where} {what}")
+
+
+def traverse_compiled(chains: CompiledTable | None, pkt: Packet, ctx: HookContext) -> Decision:
+    """`traverse` on one table from `compiled_tables` (None: the table is not loaded)."""
     base = chains.get(ctx.hook) if chains is not None else None
     if base is None:
-        return Decision("ACCEPT", None)
+        return POLICY_ACCEPT
     trace = ctx.trace
     chain = base
     cand = chain.candidates(pkt)
     pos = 0
     stack: list[tuple[_CChain, tuple[int, ...], int]] = []
-
-    def step(ch: _CChain, what: str, rule: Rule | None = None) -> None:
-        assert trace is not None
-        where = f"{ctx.netns} {ctx.hook} {ch.table}/{ch.name}:"
-        trace.append(f"{where} {rule.text} => {what}" if rule is not None else f"{where} {what}")
-
     while True:
         if pos >= len(cand):
             if not stack:
                 # end of the built-in chain, or of a chain reached by goto from it
-                policy: Literal["ACCEPT", "DROP"] = "DROP" if base.policy == "DROP" else "ACCEPT"
-                if trace is not None and (base.rules or policy != "ACCEPT"):
-                    step(chain, f"end of chain => policy {policy}")
-                return Decision(policy, None)
+                policy = POLICY_DROP if base.policy == "DROP" else POLICY_ACCEPT
+                if trace is not None and (base.rules or policy is not POLICY_ACCEPT):
+                    _step(ctx, chain, f"end of chain => policy {policy.verdict}")
+                return policy
             if trace is not None:
-                step(chain, f"end of chain => return to {stack[-1][0].name}")
+                _step(ctx, chain, f"end of chain => return to {stack[-1][0].name}")
             chain, cand, pos = stack.pop()
             continue
         cr = chain.rules[cand[pos]]
@@ -602,41 +620,33 @@ def traverse(ruleset: Ruleset, table: str, pkt: Packet, ctx: HookContext) -> Dec
                 target = cr.target_chain
                 assert target is not None
                 if trace is not None:
-                    step(chain, f"{'jump' if action == _JUMP else 'goto'} {target.name}", cr.rule)
+                    _step(ctx, chain, f"{'jump' if action == _JUMP else 'goto'} {target.name}", cr.rule)
                 if action == _JUMP:
                     stack.append((chain, cand, pos))
                 chain, cand, pos = target, target.candidates(pkt), 0
                 continue
-            if action in (_ACCEPT, _DROP):
-                verdict: Literal["ACCEPT", "DROP"] = "ACCEPT" if action == _ACCEPT else "DROP"
+            if cr.decision is not None:  # ACCEPT, DROP, REJECT, DNAT/SNAT/MASQUERADE
                 if trace is not None:
-                    step(chain, verdict, cr.rule)
-                return Decision(verdict, cr.rule)
+                    d = cr.decision
+                    what = str(d.nat) if d.nat else (f"REJECT {d.reject_with}" if d.verdict == "REJECT" else d.verdict)
+                    _step(ctx, chain, what, cr.rule)
+                return cr.decision
             if action == _RETURN:
                 if trace is not None:
-                    step(chain, "return", cr.rule)
+                    _step(ctx, chain, "return", cr.rule)
                 if not stack:
-                    policy = "DROP" if base.policy == "DROP" else "ACCEPT"
+                    policy = POLICY_DROP if base.policy == "DROP" else POLICY_ACCEPT
                     if trace is not None:
-                        step(chain, f"no caller to return to => policy {policy}")
-                    return Decision(policy, None)
+                        _step(ctx, chain, f"no caller to return to => policy {policy.verdict}")
+                    return policy
                 chain, cand, pos = stack.pop()
                 continue
-            if action == _NAT:
-                assert cr.nat is not None
-                if trace is not None:
-                    step(chain, str(cr.nat), cr.rule)
-                return Decision("ACCEPT", cr.rule, nat=cr.nat)
-            if action == _REJECT:
-                if trace is not None:
-                    step(chain, f"REJECT {cr.reject_with}", cr.rule)
-                return Decision("REJECT", cr.rule, reject_with=cr.reject_with)
             if action == _MARK:
                 assert cr.mark is not None
                 before = pkt.mark
                 pkt.mark = (pkt.mark & ~cr.mark.mask & _MASK32) ^ cr.mark.value
                 if trace is not None:
-                    step(chain, f"mark {before:#x} -> {pkt.mark:#x}", cr.rule)
+                    _step(ctx, chain, f"mark {before:#x} -> {pkt.mark:#x}", cr.rule)
                 continue
             if action == _CONNMARK:
                 assert cr.connmark is not None
@@ -645,13 +655,13 @@ def traverse(ruleset: Ruleset, table: str, pkt: Packet, ctx: HookContext) -> Dec
                 _connmark(cr.connmark, pkt)
                 if trace is not None:
                     if ct is None:
-                        step(chain, "CONNMARK: no conntrack entry, nothing done", cr.rule)
+                        _step(ctx, chain, "CONNMARK: no conntrack entry, nothing done", cr.rule)
                     else:
-                        step(chain, f"ct mark {ct_before:#x} -> {ct.mark:#x}, mark {pkt.mark:#x}", cr.rule)
+                        _step(ctx, chain, f"ct mark {ct_before:#x} -> {ct.mark:#x}, mark {pkt.mark:#x}", cr.rule)
                 continue
             if action == _LOG:
                 if trace is not None:
                     assert cr.log is not None
-                    step(chain, f"LOG {cr.log.prefix!r} {pkt.describe()}", cr.rule)
+                    _step(ctx, chain, f"LOG {cr.log.prefix!r} {pkt.describe()}", cr.rule)
                 continue
             raise AssertionError(action)

@@ -2,18 +2,49 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import Literal
+from typing import Literal, NamedTuple
 
 L4 = Literal["tcp", "udp", "sctp", "icmp"]
 CtState = Literal["NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED"]
 
 
-@dataclass(frozen=True)
-class Tuple5:
-    src: IPv4Address
-    dst: IPv4Address
+class Addr(int):
+    """An IPv4 address inside the simulator: an int that prints dotted.
+
+    ipaddress.IPv4Address hashes and compares in Python code; the walk hashes
+    addresses dozens of times per packet (routes, conntrack, memo keys), and
+    ints do that in C. Addresses enter as `Addr.of(...)` and leave with
+    `.ipv4()`. An Addr never equals an IPv4Address, so a mix-up fails loudly.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, ip: IPv4Address) -> Addr:
+        return cls(int(ip))
+
+    def ipv4(self) -> IPv4Address:
+        return IPv4Address(int(self))
+
+    def __str__(self) -> str:
+        n = int(self)
+        return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+
+    def __repr__(self) -> str:
+        return f"Addr('{self}')"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+ANY = Addr(0)
+
+
+class Tuple5(NamedTuple):
+    src: Addr
+    dst: Addr
     proto: L4
     sport: int  # icmp: echo id
     dport: int  # icmp: echo id
@@ -38,8 +69,8 @@ class Conn:
 
 @dataclass
 class Packet:
-    src: IPv4Address
-    dst: IPv4Address
+    src: Addr
+    dst: Addr
     proto: L4
     sport: int = 0
     dport: int = 0
@@ -61,7 +92,25 @@ class Packet:
         return Tuple5(self.src, self.dst, self.proto, self.sport, self.dport)
 
     def copy(self) -> Packet:
-        return replace(self)
+        return Packet(
+            self.src,
+            self.dst,
+            self.proto,
+            self.sport,
+            self.dport,
+            self.tcp_flags,
+            self.icmp_type,
+            self.icmp_code,
+            self.inner,
+            self.ttl,
+            self.mark,
+            self.payload,
+            self.ct,
+            self.ctstate,
+            self.ct_reply,
+            self.src_mac,
+            self.dst_mac,
+        )
 
     def describe(self) -> str:
         if self.proto == "icmp":

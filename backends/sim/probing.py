@@ -15,12 +15,11 @@ choices), and each outcome is weighted by the product of its draws.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 
 from backends.sim.conntrack import ConntrackTable
 from backends.sim.kernel import Arrived, Kernel, Lost, NetNS, SendError, Walk
 from backends.sim.netfilter import NetfilterState
-from backends.sim.packet import Packet
+from backends.sim.packet import ANY, Addr, Packet
 from conformance.probes import Observation, Outcome, Probe
 
 CLIENT_PORT = 41000
@@ -79,10 +78,9 @@ def observe(kernel: Kernel, probe: Probe, *, tracing: bool = True) -> Observatio
     found: dict[Outcome, float] = {}
     script: list[bool] | None = []
     paths = 0
+    namespaces = tuple(kernel.namespaces.values())
     while script is not None:
-        for ns in kernel.namespaces.values():
-            ns.conntrack = ConntrackTable()
-            ns.nf_state = NetfilterState()
+        _clean(namespaces)
         chooser = ScriptedChooser(script)
         outcome = run_probe(kernel, probe, Walk(chooser, [], tracing=tracing))
         found[outcome] = found.get(outcome, 0.0) + chooser.weight()
@@ -90,21 +88,30 @@ def observe(kernel: Kernel, probe: Probe, *, tracing: bool = True) -> Observatio
         if paths > MAX_PATHS:
             raise RuntimeError(f"{probe}: more than {MAX_PATHS} random paths")
         script = chooser.next_script()
-    for ns in kernel.namespaces.values():
-        ns.conntrack = ConntrackTable()
+    _clean(namespaces)
     # Outcomes compare without reason and trace, so each key is the first
     # path that produced it, with that path's trace.
     return Observation(probe, tuple((o, p) for o, p in found.items()), exact=True)
 
 
+def _clean(namespaces: tuple[NetNS, ...]) -> None:
+    """Empty conntrack tables and fresh match state; only what the last path touched needs it."""
+    for ns in namespaces:
+        if ns.conntrack.by_tuple:
+            ns.conntrack = ConntrackTable()
+        if ns.nf_state.nth or ns.nf_state.recent:
+            ns.nf_state = NetfilterState()
+
+
 def run_probe(kernel: Kernel, probe: Probe, walk: Walk) -> Outcome:
     ns = kernel.namespaces[kernel.dataplane.source_netns(probe.source)]
-    route = kernel.route_output(ns, probe.dst)
+    dst = Addr.of(probe.dst)
+    route = kernel.route_output(ns, dst)
     if route.kind == "error":
         return Outcome("refused", reason=f"connect: {route.error}", trace=tuple(walk.trace))
-    client_ip = route.src if route.src is not None else probe.dst
+    client_ip = route.src if route.src is not None else dst
     if probe.protocol == "TCP":
-        return _tcp(kernel, probe, walk, ns, client_ip)
+        return _tcp(kernel, probe, dst, walk, ns, client_ip)
     if probe.protocol == "UDP":
         return _udp(kernel, probe, walk, ns, client_ip)
     raise NotImplementedError(f"{probe.protocol} probes are not modelled by the simulator")
@@ -121,9 +128,7 @@ def _lost(landing: Lost | SendError, walk: Walk, what: str) -> Outcome:
     return _fail("dropped", f"{what} lost: {landing.reason}", walk)
 
 
-def _client_error(
-    pkt: Packet, at: NetNS, client_ns: NetNS, probe: Probe, client_ip: IPv4Address, walk: Walk
-) -> Outcome:
+def _client_error(pkt: Packet, at: NetNS, client_ns: NetNS, probe: Probe, client_ip: Addr, walk: Walk) -> Outcome:
     """An ICMP error reached a namespace: does it abort our client socket?"""
     inner = pkt.inner
     matches = (
@@ -133,7 +138,7 @@ def _client_error(
         and inner.proto == probe.protocol.lower()
         and inner.sport == CLIENT_PORT
         and (inner.src == client_ip or probe.protocol == "UDP")
-        and (probe.protocol == "UDP" or (inner.dst == probe.dst and inner.dport == probe.port))
+        and (probe.protocol == "UDP" or (inner.dst == Addr.of(probe.dst) and inner.dport == probe.port))
     )
     if matches:
         errno = ERRNO_BY_UNREACH_CODE.get(pkt.icmp_code, f"ICMP 3/{pkt.icmp_code}")
@@ -141,8 +146,8 @@ def _client_error(
     return _fail("dropped", f"ICMP error {pkt.describe()} reached {at.name} but matches no socket", walk)
 
 
-def _tcp(kernel: Kernel, probe: Probe, walk: Walk, ns: NetNS, client_ip: IPv4Address) -> Outcome:
-    syn = Packet(IPv4Address(0), probe.dst, "tcp", CLIENT_PORT, probe.port, frozenset({"SYN"}))
+def _tcp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client_ip: Addr) -> Outcome:
+    syn = Packet(ANY, dst, "tcp", CLIENT_PORT, probe.port, frozenset({"SYN"}))
     syn.src = client_ip
     landing = kernel.send(walk, ns, syn)
     if isinstance(landing, SendError) and landing.reason.startswith("EPERM"):
@@ -153,7 +158,7 @@ def _tcp(kernel: Kernel, probe: Probe, walk: Walk, ns: NetNS, client_ip: IPv4Add
     at, p = landing.netns, landing.pkt
     if p.proto == "icmp":
         return _client_error(p, at, ns, probe, client_ip, walk)
-    if p.proto == "tcp" and "RST" in p.tcp_flags and _is_ours(landing, ns, client_ip, probe):
+    if p.proto == "tcp" and "RST" in p.tcp_flags and _is_ours(landing, ns, client_ip, dst, probe.port):
         # A reset answering our SYN (e.g. REJECT --reject-with tcp-reset on the way).
         return _fail("refused", f"ECONNREFUSED (RST from {p.src})", walk)
     if p.proto != "tcp" or "SYN" not in p.tcp_flags:
@@ -165,7 +170,7 @@ def _tcp(kernel: Kernel, probe: Probe, walk: Walk, ns: NetNS, client_ip: IPv4Add
             walk.note(at, f"no listener on tcp port {p.dport}: RST")
         rst = Packet(server_ip, peer_ip, "tcp", server_port, peer_port, frozenset({"RST", "ACK"}))
         back = kernel.send(walk, at, rst)
-        if isinstance(back, Arrived) and _is_ours(back, ns, client_ip, probe):
+        if isinstance(back, Arrived) and _is_ours(back, ns, client_ip, dst, probe.port):
             return _fail("refused", f"ECONNREFUSED (RST from {back.pkt.src})", walk)
         if isinstance(back, Arrived) and back.pkt.proto == "icmp":
             return _client_error(back.pkt, back.netns, ns, probe, client_ip, walk)
@@ -178,7 +183,7 @@ def _tcp(kernel: Kernel, probe: Probe, walk: Walk, ns: NetNS, client_ip: IPv4Add
         return _lost(back, walk, "SYN-ACK")
     if back.pkt.proto == "icmp":
         return _fail("dropped", f"SYN-ACK answered by {back.pkt.describe()}", walk)
-    if not _is_ours(back, ns, client_ip, probe):
+    if not _is_ours(back, ns, client_ip, dst, probe.port):
         q = back.pkt
         if walk.tracing:
             walk.note(back.netns, f"{q.describe()} matches no connection: answered with RST")
@@ -187,7 +192,7 @@ def _tcp(kernel: Kernel, probe: Probe, walk: Walk, ns: NetNS, client_ip: IPv4Add
             f"SYN-ACK reached {back.netns.name} as {q.describe()}, not as a reply from {probe.dst}:{probe.port}",
             walk,
         )
-    ack = Packet(client_ip, probe.dst, "tcp", CLIENT_PORT, probe.port, frozenset({"ACK"}))
+    ack = Packet(client_ip, dst, "tcp", CLIENT_PORT, probe.port, frozenset({"ACK"}))
     fwd = kernel.send(walk, ns, ack)
     if not isinstance(fwd, Arrived):
         return _lost(fwd, walk, "ACK")
@@ -198,29 +203,29 @@ def _tcp(kernel: Kernel, probe: Probe, walk: Walk, ns: NetNS, client_ip: IPv4Add
     back = kernel.send(walk, at, answer)
     if not isinstance(back, Arrived):
         return _lost(back, walk, "answer")
-    if not _is_ours(back, ns, client_ip, probe):
+    if not _is_ours(back, ns, client_ip, dst, probe.port):
         return _fail("dropped", f"answer reached {back.netns.name} as {back.pkt.describe()}", walk)
     return Outcome(
         "delivered",
         served_by=identity,
         served_port=server_port,
-        server_saw=peer_ip,
-        client_saw=back.pkt.src,
+        server_saw=peer_ip.ipv4(),
+        client_saw=back.pkt.src.ipv4(),
         trace=tuple(walk.trace),
     )
 
 
-def _is_ours(landing: Arrived, ns: NetNS, client_ip: IPv4Address, probe: Probe) -> bool:
+def _is_ours(landing: Arrived, ns: NetNS, client_ip: Addr, dst: Addr, port: int) -> bool:
     q = landing.pkt
     return (
         landing.netns is ns
         and q.proto == "tcp"
-        and (q.src, q.sport, q.dst, q.dport) == (probe.dst, probe.port, client_ip, CLIENT_PORT)
+        and (q.src, q.sport, q.dst, q.dport) == (dst, port, client_ip, CLIENT_PORT)
     )
 
 
-def _udp(kernel: Kernel, probe: Probe, walk: Walk, ns: NetNS, client_ip: IPv4Address) -> Outcome:
-    dgram = Packet(client_ip, probe.dst, "udp", CLIENT_PORT, probe.port)
+def _udp(kernel: Kernel, probe: Probe, walk: Walk, ns: NetNS, client_ip: Addr) -> Outcome:
+    dgram = Packet(client_ip, Addr.of(probe.dst), "udp", CLIENT_PORT, probe.port)
     landing = kernel.send(walk, ns, dgram)
     if not isinstance(landing, Arrived):
         return _lost(landing, walk, "datagram")
@@ -238,7 +243,7 @@ def _udp(kernel: Kernel, probe: Probe, walk: Walk, ns: NetNS, client_ip: IPv4Add
     if walk.tracing:
         walk.note(at, f"listener {identity} got a datagram from {p.src}:{p.sport}")
     # The server's socket is bound to 0.0.0.0, so routing picks the source.
-    answer = Packet(IPv4Address(0), p.src, "udp", p.dport, p.sport, payload=identity)
+    answer = Packet(ANY, p.src, "udp", p.dport, p.sport, payload=identity)
     back = kernel.send(walk, at, answer)
     if not isinstance(back, Arrived):
         return _lost(back, walk, "answer")
@@ -251,7 +256,7 @@ def _udp(kernel: Kernel, probe: Probe, walk: Walk, ns: NetNS, client_ip: IPv4Add
         "delivered",
         served_by=identity,
         served_port=p.dport,
-        server_saw=p.src,
-        client_saw=q.src,
+        server_saw=p.src.ipv4(),
+        client_saw=q.src.ipv4(),
         trace=tuple(walk.trace),
     )
