@@ -115,23 +115,27 @@ def service_probes(s: Scenario, *, limit: int | None = None) -> list[Probe]:
     ]
 
 
-def sim_rate(kernel: Kernel, probes: Sequence[Probe], *, seconds: float = 2.0) -> float:
+def sim_rate(kernel: Kernel, probes: Sequence[Probe], *, windows: int = 7, seconds: float = 0.3) -> float:
     """Probes per second of the simulator, each round from a just-deployed state.
 
     A round observes each probe once, as a spec example does after its
     deployment; the kernel forgets what it learned (memoised lookups, ARP,
     FDB) between rounds, so repetition does not turn into cache hits.
-    Only observe() is timed.
+    Only observe() is timed. The best of `windows` windows is reported:
+    on a shared machine the slower ones measure the neighbours.
     """
-    done, spent = 0, 0.0
-    while spent < seconds:
-        kernel.forget_learned()
-        start = time.perf_counter()
-        for probe in probes:
-            observe(kernel, probe, tracing=False)
-        spent += time.perf_counter() - start
-        done += len(probes)
-    return done / spent
+    best = 0.0
+    for _ in range(windows):
+        done, spent = 0, 0.0
+        while spent < seconds:
+            kernel.forget_learned()
+            start = time.perf_counter()
+            for probe in probes:
+                observe(kernel, probe, tracing=False)
+            spent += time.perf_counter() - start
+            done += len(probes)
+        best = max(best, done / spent)
+    return best
 
 
 def bench_sim(figures: dict[str, object]) -> None:
@@ -143,9 +147,12 @@ def bench_sim(figures: dict[str, object]) -> None:
     big = large_scenario()
     dataplane = reference.render(big)
     rules = sum(ns.iptables.count("\n-A ") for ns in dataplane.namespaces)
-    start = time.perf_counter()
-    kernel = Kernel(dataplane)
-    figures["sim_parse_1000_services_s"] = round(time.perf_counter() - start, 3)
+    parse_times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        kernel = Kernel(dataplane)  # parses and compiles every namespace's rules
+        parse_times.append(time.perf_counter() - start)
+    figures["sim_parse_1000_services_s"] = round(min(parse_times), 3)
     figures["sim_rules_1000_services"] = rules
     # 64 Services spread over the ruleset (chains near its end cost the most to reach linearly).
     spread = Scenario(nodes=big.nodes, pods=big.pods, services=big.services[::16], name=big.name)

@@ -6,6 +6,8 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from backends.sim.iptables import (
     AddrMatch,
@@ -34,6 +36,8 @@ from backends.sim.iptables import (
     Selection,
     StatisticMatch,
     Verdict,
+    _split_double_quoted,
+    _split_shell_words,
     parse_iptables_save,
 )
 
@@ -424,3 +428,12 @@ def test_declaration_errors() -> None:
     assert "'DNAT'" in refused("*nat\n:DNAT - [0:0]\nCOMMIT\n").message
     assert "built-in" in refused("*filter\n-A INPUT -j OUTPUT\nCOMMIT\n").message
     assert "'-D'" in refused("*filter\n-D INPUT -j ACCEPT\nCOMMIT\n").message
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet='ab "\'\\\t-', max_size=24))
+def test_the_fast_word_splitter_agrees_with_the_shell_rules(line: str) -> None:
+    fast = _split_double_quoted(line)
+    if fast is None:
+        return  # left to the general splitter
+    assert fast == _split_shell_words(line)

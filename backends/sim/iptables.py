@@ -13,9 +13,11 @@ real kernel would refuse is refused here as well.
 
 from __future__ import annotations
 
+import gc
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Literal
@@ -1352,6 +1354,36 @@ _ESCAPED = re.compile(r"\\(.)", re.S)
 
 def split_words(line: str) -> list[str]:
     """Split a rule line into words; _Refused on an unterminated quote."""
+    simple = _split_double_quoted(line)
+    return simple if simple is not None else _split_shell_words(line)
+
+
+def _split_double_quoted(line: str) -> list[str] | None:
+    """The common case (kube-proxy's --comment "..."): double quotes, each
+    quoted part a whole word. None when the line is anything else."""
+    if "\\" in line or "'" in line:
+        return None
+    parts = line.split('"')
+    if len(parts) % 2 == 0:
+        return None  # an unterminated quote: the general splitter says so
+    last = len(parts) - 1
+    words: list[str] = []
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            words.extend(part.split())
+            continue
+        before, after = parts[i - 1], parts[i + 1]
+        # A quoted part glued to other characters (or to another quoted
+        # part) joins them into one word: leave that to the general splitter.
+        if (before and not before[-1].isspace()) or (not before and i > 1):
+            return None
+        if (after and not after[0].isspace()) or (not after and i + 1 < last):
+            return None
+        words.append(part)
+    return words
+
+
+def _split_shell_words(line: str) -> list[str]:
     words: list[str] = []
     pos = 0
     for m in _WORD.finditer(line):
@@ -1388,6 +1420,25 @@ class _Open:
 
 def parse_iptables_save(text: str, *, source: str = "<iptables>") -> Ruleset:
     """Parse iptables-save output into a validated Ruleset; RulesetError if refused."""
+    # Parsing allocates many small objects and no cycles: the cyclic garbage
+    # collector's passes during it were a third of the time for 10,000 rules.
+    with without_gc():
+        return _parse(text, source)
+
+
+@contextmanager
+def without_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector (for bursts of acyclic allocations)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _parse(text: str, source: str) -> Ruleset:
     ruleset = Ruleset(source=source)
     open_: _Open | None = None
     for lineno, raw in enumerate(text.splitlines(), 1):

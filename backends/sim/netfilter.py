@@ -48,6 +48,7 @@ from backends.sim.iptables import (
     StateMatch,
     StatisticMatch,
     Verdict,
+    without_gc,
 )
 from backends.sim.packet import Addr, Conn, Packet
 
@@ -538,7 +539,8 @@ def prepare(ruleset: Ruleset) -> None:
 def _tables(ruleset: Ruleset) -> dict[str, dict[str, _CChain]]:
     tables = _compiled.get(ruleset)
     if tables is None:
-        tables = _compile(ruleset)
+        with without_gc():
+            tables = _compile(ruleset)
         _compiled[ruleset] = tables
     return tables
 
