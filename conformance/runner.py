@@ -25,7 +25,7 @@ from conformance.specs import Spec
 
 # How long a real backend waits before calling a probe dropped: short while
 # screening, long before a timeout is allowed to count as a violation.
-SCREENING_TIMEOUT = 0.15
+SCREENING_TIMEOUT = 0.05
 CONFIRMING_TIMEOUT = 1.0
 
 

@@ -241,10 +241,14 @@ def run_probes(
                     pending += 1
             deadline = time.monotonic() + timeout
             while pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                # Past the deadline, keep going only while answers are already
+                # waiting: a stalled process must not turn an answer that
+                # arrived in time into a drop.
+                remaining = max(0.0, deadline - time.monotonic())
+                ready = sel.select(remaining)
+                if not ready and remaining == 0.0:
                     break
-                for key, _ in sel.select(remaining):
+                for key, _ in ready:
                     if isinstance(key.data, Server):
                         key.data.serve()
                         continue
