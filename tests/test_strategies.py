@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import Phase, find, given, settings
 from hypothesis import strategies as st
-from hypothesis.errors import InvalidArgument
+from hypothesis.errors import InvalidArgument, NoSuchExample
 
 from conformance.loader import dump_scenario
 from conformance.model import ContainerPort, Node, Scenario
@@ -154,36 +154,36 @@ def _covers_cluster_ip(s: Scenario) -> bool:
     )
 
 
-@pytest.mark.parametrize(
-    "feature",
-    [
-        lambda s: any(not s.endpoints(svc) for svc in s.services),
-        lambda s: any(len(s.endpoints(svc)) >= 2 for svc in s.services),
-        lambda s: any(svc.external_traffic_policy == "Local" for svc in s.services),
-        lambda s: any(p.namespace == "other" for p in s.pods),
-        lambda s: any("Egress" in p.policy_types and p.egress for p in s.policies),
-        lambda s: any(
-            peer.namespace_selector is not None and peer.pod_selector is not None
-            for pol in s.policies
-            for rule in pol.ingress
-            for peer in rule.peers
-        ),
-        lambda s: any(pp.end_port is not None for pol in s.policies for r in pol.ingress for pp in r.ports),
-        _covers_cluster_ip,
-    ],
-    ids=[
-        "service-without-endpoints",
-        "service-with-two-endpoints",
-        "local-traffic-policy",
-        "other-namespace",
-        "egress-rules",
-        "pod-and-namespace-selector",
-        "port-range",
-        "ip-block-covering-cluster-ip",
-    ],
-)
-def test_features_are_generated(feature: Callable[[Scenario], bool]) -> None:
-    generates(scenarios(max_policies=3), feature)
+FEATURES: dict[str, Callable[[Scenario], bool]] = {
+    "service-without-endpoints": lambda s: any(not s.endpoints(svc) for svc in s.services),
+    "service-with-two-endpoints": lambda s: any(len(s.endpoints(svc)) >= 2 for svc in s.services),
+    "local-traffic-policy": lambda s: any(svc.external_traffic_policy == "Local" for svc in s.services),
+    "other-namespace": lambda s: any(p.namespace == "other" for p in s.pods),
+    "egress-rules": lambda s: any("Egress" in p.policy_types and p.egress for p in s.policies),
+    "pod-and-namespace-selector": lambda s: any(
+        peer.namespace_selector is not None and peer.pod_selector is not None
+        for pol in s.policies
+        for rule in pol.ingress
+        for peer in rule.peers
+    ),
+    "port-range": lambda s: any(pp.end_port is not None for pol in s.policies for r in pol.ingress for pp in r.ports),
+    "ip-block-covering-cluster-ip": _covers_cluster_ip,
+}
+
+
+def test_every_feature_is_generated() -> None:
+    # One stream of scenarios for all features (each on its own stream cost
+    # the sum of the waits, not the longest one).
+    missing = set(FEATURES)
+
+    def all_seen(s: Scenario) -> bool:
+        missing.difference_update({name for name in missing if FEATURES[name](s)})
+        return not missing
+
+    try:
+        generates(scenarios(max_policies=3), all_seen)
+    except NoSuchExample:
+        pytest.fail(f"never generated in 1000 scenarios: {', '.join(sorted(missing))}")
 
 
 def test_classic_scenario() -> None:
