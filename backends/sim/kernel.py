@@ -8,6 +8,7 @@ real kernel can be traced to one place. What the model does not cover is a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network
@@ -415,10 +416,10 @@ class Kernel:
             self._sysctl(ns, key, value)
         ns.forget_addresses()
         if cfg.iptables.strip():
-            ns.ruleset = parse_iptables_save(cfg.iptables, source=f"{cfg.name} iptables")
+            ns.ruleset, uses_conntrack = _parsed(cfg.iptables, f"{cfg.name} iptables")
             ns.tables = compiled_tables(ns.ruleset)
             ns.has_nat = "nat" in ns.ruleset.tables
-            ns.tracks = ns.has_nat or _uses_conntrack(ns.ruleset)
+            ns.tracks = ns.has_nat or uses_conntrack
         for li in cfg.listeners:
             ns.listeners[(li.protocol.lower(), li.port)] = li.identity
 
@@ -992,6 +993,15 @@ class Kernel:
         if pkt.ct is not None:
             rst.ct, rst.ct_reply, rst.ctstate = pkt.ct, not pkt.ct_reply, "ESTABLISHED"
         return self.send(walk, ns, rst)
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(text: str, source: str) -> tuple[Ruleset, bool]:
+    """The ruleset and whether it uses conntrack, once per text: Hypothesis
+    revisits the same node rulesets often while it generates and shrinks.
+    Rulesets are never changed after parsing, so sharing one is safe."""
+    ruleset = parse_iptables_save(text, source=source)
+    return ruleset, _uses_conntrack(ruleset)
 
 
 def _uses_conntrack(ruleset: Ruleset) -> bool:
