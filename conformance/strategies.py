@@ -8,11 +8,12 @@ one node, one pod, no Services and no policies.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network
-from typing import Literal
+from typing import Literal, TypeVar
 
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
@@ -37,6 +38,8 @@ from conformance.model import (
     labels,
 )
 from conformance.probes import Probe
+
+T = TypeVar("T")
 
 __all__ = [
     "PROBE_KINDS",
@@ -201,19 +204,36 @@ def _label_map(app: str | None, role: str | None) -> Labels:
     return labels(({"app": app} if app else {}) | ({"role": role} if role else {}))
 
 
-_ROLE = st.one_of(st.none(), st.sampled_from(ROLES))
-# Every pod has an app; shrinks to {app: a}.
-_POD_LABELS = st.builds(_label_map, st.sampled_from(APPS), _ROLE)
-# Selector labels; "z" matches no pod, and {} shrinks to "everything".
-_MATCH_LABELS = st.builds(_label_map, st.one_of(st.none(), st.sampled_from((*APPS, "z"))), _ROLE)
-_REQUIREMENTS = st.one_of(
-    st.builds(
-        Requirement,
-        st.just("app"),
-        st.sampled_from(("In", "NotIn")),
-        st.lists(st.sampled_from(APPS), min_size=1, max_size=2, unique=True).map(tuple),
-    ),
-    st.builds(Requirement, st.just("role"), st.sampled_from(("Exists", "DoesNotExist"))),
+def _flat(*branches: Sequence[T]) -> st.SearchStrategy[T]:
+    """One draw over the values of every branch, each branch equally likely.
+
+    What `one_of(sampled_from(b1), sampled_from(b2), ...)` and nested
+    `builds` over small sets generate, in one choice instead of several:
+    Hypothesis' cost is per draw, and scenarios take hundreds. Values shrink
+    toward the start of the first branch; a branch's values are repeated so
+    that every branch keeps an equal share.
+    """
+    size = math.lcm(*(len(b) for b in branches))
+    return st.sampled_from(tuple(v for b in branches for v in b for _ in range(size // len(b))))
+
+
+# Every pod has an app; shrinks to {app: a}. Half the pods have a role.
+_POD_LABELS = _flat(*([_label_map(app, None) for app in APPS], [_label_map(app, r) for app in APPS for r in ROLES]))
+# Selector labels; "z" matches no pod, and {} shrinks to "everything". Half
+# the selectors name an app, half a role, independently.
+_MATCH_LABELS = _flat(
+    [_label_map(None, None)],
+    [_label_map(None, r) for r in ROLES],
+    [_label_map(a, None) for a in (*APPS, "z")],
+    [_label_map(a, r) for a in (*APPS, "z") for r in ROLES],
+)
+_REQUIREMENTS = _flat(
+    [
+        Requirement("app", op, values)
+        for op in ("In", "NotIn")
+        for values in [(a,) for a in APPS] + [(a, b) for a in APPS for b in APPS if a != b]
+    ],
+    [Requirement("role", op) for op in ("Exists", "DoesNotExist")],
 )
 _SELECTORS = st.builds(LabelSelector, _MATCH_LABELS, st.lists(_REQUIREMENTS, max_size=1).map(tuple))
 _NAMESPACE_SELECTORS = st.sampled_from(
@@ -225,11 +245,10 @@ _NAMESPACE_SELECTORS = st.sampled_from(
         LabelSelector(match_expressions=(Requirement("team", "DoesNotExist"),)),
     )
 )
-_PROTOCOLS: st.SearchStrategy[Protocol] = st.sampled_from(("TCP", "UDP"))
-_POLICY_PORTS = st.one_of(
-    st.builds(PolicyPort, _PROTOCOLS, st.sampled_from((8080, 9090, 80))),
-    st.builds(PolicyPort, _PROTOCOLS),  # every port of the protocol
-    st.builds(PolicyPort, _PROTOCOLS, st.just(8000), st.sampled_from((8080, 9000, 9090))),
+_POLICY_PORTS = _flat(
+    [PolicyPort(proto, port) for port in (8080, 9090, 80) for proto in ("TCP", "UDP")],
+    [PolicyPort(proto) for proto in ("TCP", "UDP")],  # every port of the protocol
+    [PolicyPort(proto, 8000, end) for end in (8080, 9000, 9090) for proto in ("TCP", "UDP")],
 )
 _PEERS: st.SearchStrategy[PolicyPeer | _BlockRef] = st.one_of(
     st.builds(PolicyPeer, pod_selector=_SELECTORS),
