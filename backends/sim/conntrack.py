@@ -16,6 +16,8 @@ from backends.sim.packet import Addr, Conn, Packet, Tuple5
 
 Manip = Literal["SRC", "DST"]
 
+# The status bit nf_nat_initialized tests: a binding was decided for that manip.
+INIT_STATUS: dict[Manip, str] = {"DST": "INIT_DST", "SRC": "INIT_SRC"}
 # ICMP error types whose payload names the connection they are about.
 ICMP_ERROR_TYPES = frozenset({3, 4, 5, 11, 12})
 
@@ -94,12 +96,12 @@ def track(table: ConntrackTable, pkt: Packet) -> None:
 
 
 def nat_initialized(conn: Conn, manip: Manip) -> bool:
-    return f"INIT_{manip}" in conn.status
+    return INIT_STATUS[manip] in conn.status
 
 
 def bind(conn: Conn, manip: Manip, ip: Addr | None, port: int | None) -> None:
     """Record a NAT binding decided on the first packet (ip None: null binding)."""
-    conn.status.add(f"INIT_{manip}")
+    conn.status.add(INIT_STATUS[manip])
     if ip is None:
         return
     r = conn.reply
@@ -114,13 +116,14 @@ def bind(conn: Conn, manip: Manip, ip: Addr | None, port: int | None) -> None:
             conn.status.add("SNAT")
 
 
-def _manip_wanted(conn: Conn, reply_dir: bool, manip: Manip) -> bool:
-    # nf_nat_packet: a packet is rewritten at a DST hook when its connection
-    # has DNAT (original direction) or SNAT (reply direction), and vice versa.
-    bit = "DNAT" if manip == "DST" else "SNAT"
-    if reply_dir:
-        bit = "SNAT" if bit == "DNAT" else "DNAT"
-    return bit in conn.status
+# nf_nat_packet: a packet is rewritten at a DST hook when its connection has
+# DNAT (original direction) or SNAT (reply direction), and vice versa.
+_WANTED: dict[tuple[Manip, bool], str] = {
+    ("DST", False): "DNAT",
+    ("DST", True): "SNAT",
+    ("SRC", False): "SNAT",
+    ("SRC", True): "DNAT",
+}
 
 
 def _set(pkt: Packet, manip: Manip, target: Tuple5) -> None:
@@ -140,8 +143,9 @@ def nat_packet(pkt: Packet, manip: Manip) -> bool:
     if conn is None:
         return False
     reply_dir = pkt.ct_reply
+    wanted = _WANTED[manip, reply_dir] in conn.status
     related = pkt.ctstate == "RELATED" and pkt.inner is not None
-    if not related and not _manip_wanted(conn, reply_dir, manip):
+    if not wanted and not related:
         return False  # the common case: nothing to rewrite at this hook
     other = conn.original if reply_dir else conn.reply
     target = other.reversed()
@@ -153,6 +157,6 @@ def nat_packet(pkt: Packet, manip: Manip) -> bool:
         # outer header as usual.
         inner_manip: Manip = "SRC" if manip == "DST" else "DST"
         _set(pkt.inner, inner_manip, other)
-    if _manip_wanted(conn, reply_dir, manip):
+    if wanted:
         _set(pkt, manip, target)
     return before != (pkt.src, pkt.sport, pkt.dst, pkt.dport)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network
 from typing import Literal
 
-from backends.sim.conntrack import ConntrackTable, Manip, bind, nat_packet, track
+from backends.sim.conntrack import INIT_STATUS, ConntrackTable, Manip, bind, nat_packet, track
 from backends.sim.iptables import Ruleset, parse_iptables_save
 from backends.sim.netfilter import (
     Chooser,
@@ -546,11 +546,11 @@ class Kernel:
         physout: Device | None,
     ) -> HookResult | None:
         """nf_nat_inet_fn: decide a binding on a new connection, then rewrite."""
-        if not ns.has_nat or pkt.ct is None or hook not in MANIP:
+        conn = pkt.ct
+        if not ns.has_nat or conn is None or hook not in MANIP:
             return None
         manip = MANIP[hook]
-        conn = pkt.ct
-        if pkt.ctstate == "NEW" and "CONFIRMED" not in conn.status and f"INIT_{manip}" not in conn.status:
+        if pkt.ctstate == "NEW" and "CONFIRMED" not in conn.status and INIT_STATUS[manip] not in conn.status:
             decision = traverse_compiled(
                 ns.tables.get("nat"), pkt, self._ctx(walk, ns, hook, in_dev, out_dev, physin, physout)
             )

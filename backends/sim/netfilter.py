@@ -269,6 +269,12 @@ def _compile_conntrack(m: ConntrackMatch) -> Pred:
         statuses, sinv = m.status.names, m.status.invert
         tests.append(lambda p, ct: bool(statuses & ct.status) != sinv)
 
+    if state is not None and not tests and state.names.isdisjoint(("SNAT", "DNAT")):
+        # The common rule (kube-proxy's --ctstate NEW, INVALID, RELATED,ESTABLISHED):
+        # only the packet's own state can decide, entry or not.
+        names, inv = state.names, state.invert
+        return lambda p, c: (p.ctstate in names) != inv
+
     def conntrack(p: Packet, c: HookContext) -> bool:
         ct = _conn(p)
         if state is not None:
