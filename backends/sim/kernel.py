@@ -335,11 +335,19 @@ class Kernel:
             self._build_links(cfg)
         for cfg in dataplane.namespaces:
             self._configure(cfg)
+        self._sources = dict(dataplane.sources)  # probe source -> its namespace's name
         for ns in self.namespaces.values():
             # Callers skip a hook with nothing registered without calling it.
             ns.stages = {hook: self._stages(ns, hook) for hook in HOOK_TABLES}
             ns.local_addresses()  # the address views, built with the namespace
             ns.is_broadcast(ANY)
+
+    def source_namespace(self, source: str) -> NetNS:
+        """The namespace a probe source's socket lives in (Dataplane.source_netns, by dict)."""
+        name = self._sources.get(source)
+        if name is None:
+            raise KeyError(f"no probe source {source!r} in dataplane")
+        return self.namespaces[name]
 
     def forget_learned(self) -> None:
         """Back to the state right after deployment: no memoised lookups, ARP or FDB entries.

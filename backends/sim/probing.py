@@ -104,7 +104,7 @@ def _clean(namespaces: tuple[NetNS, ...]) -> None:
 
 
 def run_probe(kernel: Kernel, probe: Probe, walk: Walk) -> Outcome:
-    ns = kernel.namespaces[kernel.dataplane.source_netns(probe.source)]
+    ns = kernel.source_namespace(probe.source)
     dst = Addr.of(probe.dst)
     route = kernel.route_output(ns, dst)
     if route.kind == "error":
