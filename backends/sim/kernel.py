@@ -336,6 +336,7 @@ class Kernel:
         for cfg in dataplane.namespaces:
             self._configure(cfg)
         self._sources = dict(dataplane.sources)  # probe source -> its namespace's name
+        self.namespace_list = tuple(self.namespaces.values())
         for ns in self.namespaces.values():
             # Callers skip a hook with nothing registered without calling it.
             ns.stages = {hook: self._stages(ns, hook) for hook in HOOK_TABLES}
@@ -472,6 +473,7 @@ class Kernel:
         physout: Device | None = None,
     ) -> HookResult:
         """Run one netfilter hook: its tables in the kernel's priority order."""
+        ctx: HookContext | None = None
         for table in ns.stages[hook]:
             if table == "conntrack":
                 track(ns.conntrack, pkt)
@@ -487,9 +489,9 @@ class Kernel:
                 if result is not None:
                     return result
                 continue
-            decision = traverse_compiled(
-                ns.tables.get(table), pkt, self._ctx(walk, ns, hook, in_dev, out_dev, physin, physout)
-            )
+            if ctx is None:
+                ctx = self._ctx(walk, ns, hook, in_dev, out_dev, physin, physout)
+            decision = traverse_compiled(ns.tables.get(table), pkt, ctx)
             if decision.verdict != "ACCEPT":
                 return HookResult(decision.verdict, decision)
         return ACCEPTED

@@ -443,14 +443,14 @@ class _CChain:
     name: str
     policy: str | None
     rules: list[_CRule] = field(default_factory=list)
-    all_idx: tuple[int, ...] = ()
-    # destination index: /32 destination -> indices of rules that may match it
-    by_dst: dict[int, tuple[int, ...]] | None = None
-    others: tuple[int, ...] = ()
+    all_rules: tuple[_CRule, ...] = ()
+    # destination index: /32 destination -> the rules that may match it, in order
+    by_dst: dict[int, tuple[_CRule, ...]] | None = None
+    others: tuple[_CRule, ...] = ()
 
-    def candidates(self, pkt: Packet) -> tuple[int, ...]:
+    def candidates(self, pkt: Packet) -> tuple[_CRule, ...]:
         if self.by_dst is None:
-            return self.all_idx
+            return self.all_rules
         return self.by_dst.get(pkt.dst, self.others)
 
 
@@ -475,8 +475,8 @@ def _index(chain: _CChain) -> None:
     for i, k in enumerate(keys):
         if k is not None:
             groups.setdefault(k, []).append(i)
-    chain.by_dst = {k: tuple(sorted(v + others)) for k, v in groups.items()}
-    chain.others = tuple(others)
+    chain.by_dst = {k: tuple(chain.rules[i] for i in sorted(v + others)) for k, v in groups.items()}
+    chain.others = tuple(chain.rules[i] for i in others)
 
 
 def _compile(ruleset: Ruleset) -> dict[str, dict[str, _CChain]]:
@@ -487,7 +487,7 @@ def _compile(ruleset: Ruleset) -> dict[str, dict[str, _CChain]]:
             cchain = chains[name]
             for rule in chain.rules:
                 cchain.rules.append(_compile_rule(rule, chains))
-            cchain.all_idx = tuple(range(len(cchain.rules)))
+            cchain.all_rules = tuple(cchain.rules)
             _index(cchain)
         out[tname] = chains
     return out
@@ -602,7 +602,7 @@ def traverse_compiled(chains: CompiledTable | None, pkt: Packet, ctx: HookContex
     chain = base
     cand = chain.candidates(pkt)
     pos = 0
-    stack: list[tuple[_CChain, tuple[int, ...], int]] = []
+    stack: list[tuple[_CChain, tuple[_CRule, ...], int]] = []
     while True:
         if pos >= len(cand):
             if not stack:
@@ -615,7 +615,7 @@ def traverse_compiled(chains: CompiledTable | None, pkt: Packet, ctx: HookContex
                 _step(ctx, chain, f"end of chain => return to {stack[-1][0].name}")
             chain, cand, pos = stack.pop()
             continue
-        cr = chain.rules[cand[pos]]
+        cr = cand[pos]
         pos += 1
         for pred in cr.preds:
             if not pred(pkt, ctx):
@@ -631,7 +631,9 @@ def traverse_compiled(chains: CompiledTable | None, pkt: Packet, ctx: HookContex
                     _step(ctx, chain, f"{'jump' if action == _JUMP else 'goto'} {target.name}", cr.rule)
                 if action == _JUMP:
                     stack.append((chain, cand, pos))
-                chain, cand, pos = target, target.candidates(pkt), 0
+                # (candidates() inlined: this is the walk's innermost loop)
+                chain, pos = target, 0
+                cand = target.all_rules if target.by_dst is None else target.by_dst.get(pkt.dst, target.others)
                 continue
             if cr.decision is not None:  # ACCEPT, DROP, REJECT, DNAT/SNAT/MASQUERADE
                 if trace is not None:

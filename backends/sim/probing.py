@@ -78,16 +78,20 @@ def observe(kernel: Kernel, probe: Probe, *, tracing: bool = True) -> Observatio
     found: dict[Outcome, float] = {}
     script: list[bool] | None = []
     paths = 0
-    namespaces = tuple(kernel.namespaces.values())
+    namespaces = kernel.namespace_list
     while script is not None:
         _clean(namespaces)
         chooser = ScriptedChooser(script)
         outcome = run_probe(kernel, probe, Walk(chooser, [], tracing=tracing))
-        found[outcome] = found.get(outcome, 0.0) + chooser.weight()
         paths += 1
+        script = chooser.next_script()
+        if script is None and paths == 1:
+            # No random draw on the way: the one outcome is certain.
+            _clean(namespaces)
+            return Observation(probe, ((outcome, 1.0),), exact=True)
+        found[outcome] = found.get(outcome, 0.0) + chooser.weight()
         if paths > MAX_PATHS:
             raise RuntimeError(f"{probe}: more than {MAX_PATHS} random paths")
-        script = chooser.next_script()
     _clean(namespaces)
     # Outcomes compare without reason and trace, so each key is the first
     # path that produced it, with that path's trace.
