@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -31,31 +30,24 @@ from conformance.specs import all_specs
 from conformance.specs.dnat import host_port_scenario
 from conformance.strategies import classic_scenario
 
+from live import live_or_skip
+
 REPO = Path(__file__).resolve().parent.parent
 NODE = IPv4Address("172.18.0.2")
 SVC = IPv4Address("10.96.0.100")
 POD_A, POD_B = "pod:default/pod-a", "pod:default/pod-b"
 
 
-def _required() -> bool:
-    wanted = os.environ.get("NETCONFORMANCE_REQUIRE_BACKENDS", "")
-    return "netns" in {name.strip() for name in wanted.split(",")}
+def _preflight_with_plugins() -> None:
+    NetnsBackend().preflight()
+    missing = [k for k in ("bridge", "ptp", "host-local", "portmap") if find_plugin(k) is None]
+    if missing:
+        raise BackendUnavailable(f"CNI plugins {missing} not found (apt-get install containernetworking-plugins)")
 
 
 @pytest.fixture(scope="module")
 def privileged(request: pytest.FixtureRequest) -> None:
-    chosen = {n.strip() for n in str(request.config.getoption("--backend")).split(",")}
-    if "netns" not in chosen and not _required():
-        pytest.skip("the netns backend is not selected (run with --backend netns)")
-    try:
-        NetnsBackend().preflight()
-        missing = [k for k in ("bridge", "ptp", "host-local", "portmap") if find_plugin(k) is None]
-        if missing:
-            raise BackendUnavailable(f"CNI plugins {missing} not found (apt-get install containernetworking-plugins)")
-    except BackendUnavailable as e:
-        if _required():
-            pytest.fail(f"netns backend with CNI plugins required but unavailable: {e}")
-        pytest.skip(str(e))
+    live_or_skip(request, "netns", _preflight_with_plugins, what="netns backend with CNI plugins")
 
 
 @pytest.fixture(scope="module")

@@ -32,35 +32,30 @@ from backends.docker.backend import DockerBackend, cleanup
 from backends.docker.daemon import AgentChannel, AgentError
 from backends.docker.placement import UNDERLAY_CONTAINER, PlacementError, place
 from backends.docker.wire import decode_outcome, decode_part, decode_probe, encode_outcome, encode_part, encode_probe
-from backends.sim import SimBackend
-from conformance.dataplane import Dataplane, Link
+from conformance.dataplane import Link
 from conformance.implementations import CNI_PLUGIN_IMPLEMENTATIONS, get_implementation
 from conformance.loader import load_scenario
-from conformance.model import Scenario
-from conformance.probes import Observation, Outcome, Probe
+from conformance.probes import Outcome, Probe
 from conformance.pytest_plugin import usable_backend
 from conformance.strategies import classic_scenario
 
-REPO = Path(__file__).resolve().parent.parent
-POLICIES = REPO / "tests" / "scenarios" / "policies.yaml"
-
-
-def _required() -> bool:
-    wanted = os.environ.get("NETCONFORMANCE_REQUIRE_BACKENDS", "")
-    return "docker" in {name.strip() for name in wanted.split(",")}
+from live import (
+    CLASSIC_PROBES,
+    NODE,
+    POLICIES,
+    REPO,
+    SVC,
+    assert_like_sim,
+    classic_with_node_port,
+    live_or_skip,
+    sampled,
+    simulated,
+)
 
 
 @pytest.fixture(scope="module")
 def available(request: pytest.FixtureRequest) -> None:
-    chosen = {n.strip() for n in str(request.config.getoption("--backend")).split(",")}
-    if "docker" not in chosen and not _required():
-        pytest.skip("the docker backend is not selected (run with --backend docker)")
-    try:
-        DockerBackend().preflight()
-    except BackendUnavailable as e:
-        if _required():
-            pytest.fail(f"docker backend required but unavailable: {e}")
-        pytest.skip(str(e))
+    live_or_skip(request, "docker", DockerBackend().preflight)
 
 
 @pytest.fixture(scope="module")
@@ -68,56 +63,6 @@ def backend(available: None) -> Iterator[DockerBackend]:
     b = DockerBackend()
     yield b
     b.teardown()
-
-
-def classic_with_node_port() -> Scenario:
-    """The classic scenario, its Service also exposed as NodePort 30080 (TCP and UDP)."""
-    scenario = classic_scenario()
-    svc = scenario.services[0]
-    ports = tuple(dataclasses.replace(p, node_port=30080) for p in svc.ports)
-    return dataclasses.replace(scenario, services=(dataclasses.replace(svc, ports=ports, type="NodePort"),))
-
-
-A, B, SVC, NODE = (IPv4Address(a) for a in ("10.244.1.10", "10.244.1.11", "10.96.0.100", "172.18.0.2"))
-POD_A, POD_B = "pod:default/pod-a", "pod:default/pod-b"
-CLASSIC_PROBES = [
-    Probe(POD_A, B, 8080, "TCP"),  # pod -> pod
-    Probe(POD_A, B, 8080, "UDP"),
-    Probe(POD_A, SVC, 80, "TCP"),  # pod -> ClusterIP
-    Probe(POD_A, SVC, 80, "UDP"),
-    Probe(POD_B, SVC, 80, "TCP"),  # hairpin
-    Probe(POD_B, SVC, 80, "UDP"),
-    Probe(POD_A, B, 9999, "TCP"),  # closed port
-    Probe(POD_A, B, 9999, "UDP"),
-    Probe("node:node-1", B, 8080, "TCP"),  # node -> pod
-    Probe("node:node-1", B, 8080, "UDP"),
-    Probe("external", NODE, 30080, "TCP"),  # external -> NodePort, across the Docker network
-    Probe("external", NODE, 30080, "UDP"),
-    Probe(POD_A, SVC, 81, "TCP"),  # a port the Service lacks
-]
-
-
-def _sim(dataplane: Dataplane, probes: list[Probe]) -> list[Observation]:
-    sim = SimBackend()
-    sim.deploy(dataplane)
-    return sim.observe(probes)
-
-
-def _run(backend: DockerBackend, dataplane: Dataplane, probes: list[Probe]) -> list[Outcome]:
-    backend.deploy(dataplane)
-    backend.reset()
-    observations = backend.observe(probes)
-    for obs in observations:
-        assert not obs.exact and len(obs.outcomes) == 1 and obs.outcomes[0][1] == 1.0
-    return [obs.outcomes[0][0] for obs in observations]
-
-
-def _assert_like_sim(dataplane: Dataplane, probes: list[Probe], samples: list[Outcome]) -> None:
-    bad = []
-    for expected, sample in zip(_sim(dataplane, probes), samples, strict=True):
-        if sample not in expected.possible:
-            bad.append(f"{expected.probe}: docker {sample.summary()} [{sample.reason}]; sim {expected.describe()}")
-    assert not bad, f"{dataplane.implementation}:\n" + "\n".join(bad)
 
 
 def _policy_probes() -> list[Probe]:
@@ -142,8 +87,8 @@ def _policy_probes() -> list[Probe]:
 @pytest.mark.parametrize("implementation", ["reference", "hairpin-mode-off", "bridge-nf-off"])
 def test_classic_matches_simulator(backend: DockerBackend, implementation: str) -> None:
     dataplane = get_implementation(implementation).render(classic_with_node_port())
-    samples = _run(backend, dataplane, CLASSIC_PROBES)
-    _assert_like_sim(dataplane, CLASSIC_PROBES, samples)
+    samples = sampled(backend, dataplane, CLASSIC_PROBES)
+    assert_like_sim(dataplane, CLASSIC_PROBES, samples, who="docker")
     if implementation == "reference":
         assert {o.verdict for o in samples[:6] + samples[8:12]} == {"delivered"}, samples
         hairpin = samples[4]
@@ -158,8 +103,8 @@ def test_classic_matches_simulator(backend: DockerBackend, implementation: str) 
 def test_broken_differs_where_simulator_says(backend: DockerBackend, broken: str) -> None:
     scenario = classic_with_node_port()
     good, bad = (get_implementation(name).render(scenario) for name in ("reference", broken))
-    sim_good, sim_bad = _sim(good, CLASSIC_PROBES), _sim(bad, CLASSIC_PROBES)
-    real_good, real_bad = _run(backend, good, CLASSIC_PROBES), _run(backend, bad, CLASSIC_PROBES)
+    sim_good, sim_bad = simulated(good, CLASSIC_PROBES), simulated(bad, CLASSIC_PROBES)
+    real_good, real_bad = sampled(backend, good, CLASSIC_PROBES), sampled(backend, bad, CLASSIC_PROBES)
     differing = 0
     for sg, sb, kg, kb in zip(sim_good, sim_bad, real_good, real_bad, strict=True):
         if not set(sg.possible) & set(sb.possible):  # the sim says: always different
@@ -185,8 +130,8 @@ def test_two_nodes_and_swaps_match_simulator(backend: DockerBackend) -> None:
     swaps = backend.swaps
     seen = []
     for dataplane in sequence:
-        samples = _run(backend, dataplane, probes)
-        _assert_like_sim(dataplane, probes, samples)
+        samples = sampled(backend, dataplane, probes)
+        assert_like_sim(dataplane, probes, samples, who="docker")
         seen.append(samples)
     assert backend.swaps > swaps  # nodes whose structure did not change only swapped rules
     assert seen[0] == seen[2]  # back to the reference: the mangle table really went
@@ -221,14 +166,14 @@ def test_snapshot_from_inside_containers_predicts_them(backend: DockerBackend) -
     """Read back from inside the containers, the dataplane predicts what the containers did."""
     for scenario, probes in ((classic_with_node_port(), CLASSIC_PROBES), (load_scenario(POLICIES), _policy_probes())):
         dataplane = get_implementation("reference").render(scenario)
-        samples = _run(backend, dataplane, probes)
+        samples = sampled(backend, dataplane, probes)
         snap = backend.snapshot()
         assert {ns.name for ns in snap.namespaces} == {ns.name for ns in dataplane.namespaces}
         assert snap.netns("underlay").addresses == dataplane.netns("underlay").addresses  # the gateway, as read
         assert snap.netns("node-node-1").iptables.count("-A KUBE-") == dataplane.netns("node-node-1").iptables.count(
             "-A KUBE-"
         )
-        for expected, sample in zip(_sim(snap, probes), samples, strict=True):
+        for expected, sample in zip(simulated(snap, probes), samples, strict=True):
             assert sample in expected.possible, f"{expected.probe}: {sample.summary()} vs {expected.describe()}"
 
 
@@ -236,10 +181,10 @@ def test_snapshot_from_inside_containers_predicts_them(backend: DockerBackend) -
 def test_cni_plugins_in_containers_are_predicted_from_snapshots(backend: DockerBackend, implementation: str) -> None:
     """Real CNI plugins run inside the node containers; read back, the simulator predicts what they built."""
     dataplane = CNI_PLUGIN_IMPLEMENTATIONS[implementation].render(classic_with_node_port())
-    samples = _run(backend, dataplane, CLASSIC_PROBES)
+    samples = sampled(backend, dataplane, CLASSIC_PROBES)
     assert samples[0].verdict == "delivered" and samples[0].served_by == "default/pod-b"
     snap = backend.snapshot()
-    for expected, sample in zip(_sim(snap, CLASSIC_PROBES), samples, strict=True):
+    for expected, sample in zip(simulated(snap, CLASSIC_PROBES), samples, strict=True):
         assert sample in expected.possible, f"{expected.probe}: {sample.summary()} vs {expected.describe()}"
 
 
@@ -289,7 +234,7 @@ def test_teardown_leaves_nothing(available: None) -> None:
     b.preflight()
     before = _host_state(b.run_id)
     try:
-        _run(b, get_implementation("reference").render(load_scenario(POLICIES)), _policy_probes()[:2])
+        sampled(b, get_implementation("reference").render(load_scenario(POLICIES)), _policy_probes()[:2])
         names = _ours(b.client, b.run_id)
         assert sorted(names) == sorted(
             f"nc-{b.run_id}-{n}" for n in ("node-node-1", "node-node-2", "underlay", "wire")

@@ -431,7 +431,7 @@ def test_declaration_errors() -> None:
 
 
 @settings(max_examples=500)
-@given(st.text(alphabet='ab "\'\\\t-', max_size=24))
+@given(st.text(alphabet="ab \"'\\\t-", max_size=24))
 def test_the_fast_word_splitter_agrees_with_the_shell_rules(line: str) -> None:
     fast = _split_double_quoted(line)
     if fast is None:

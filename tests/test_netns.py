@@ -22,34 +22,29 @@ import pytest
 from backends import BackendUnavailable
 from backends.netns import NetnsBackend, cleanup, records
 from backends.netns.build import is_device_sysctl, restore_text, table_blocks
-from backends.sim import SimBackend
-from conformance.dataplane import Dataplane
 from conformance.implementations import get_implementation
 from conformance.loader import load_scenario
-from conformance.model import Scenario, ServicePort
-from conformance.probes import Observation, Outcome, Probe
+from conformance.model import ServicePort
+from conformance.probes import Probe
 from conformance.strategies import classic_scenario
 
-REPO = Path(__file__).resolve().parent.parent
-POLICIES = REPO / "tests" / "scenarios" / "policies.yaml"
-
-
-def _required() -> bool:
-    wanted = os.environ.get("NETCONFORMANCE_REQUIRE_BACKENDS", "")
-    return "netns" in {name.strip() for name in wanted.split(",")}
+from live import (
+    CLASSIC_PROBES,
+    POD_A,
+    POLICIES,
+    REPO,
+    B,
+    assert_like_sim,
+    classic_with_node_port,
+    live_or_skip,
+    sampled,
+    simulated,
+)
 
 
 @pytest.fixture(scope="module")
 def privileged(request: pytest.FixtureRequest) -> None:
-    chosen = {n.strip() for n in str(request.config.getoption("--backend")).split(",")}
-    if "netns" not in chosen:
-        pytest.skip("the netns backend is not selected (run with --backend netns)")
-    try:
-        NetnsBackend().preflight()
-    except BackendUnavailable as e:
-        if _required():
-            pytest.fail(f"netns backend required but unavailable: {e}")
-        pytest.skip(str(e))
+    live_or_skip(request, "netns", NetnsBackend().preflight, selected_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -59,61 +54,11 @@ def backend(privileged: None) -> Iterator[NetnsBackend]:
     b.teardown()
 
 
-def _sim(dataplane: Dataplane, probes: list[Probe]) -> list[Observation]:
-    sim = SimBackend()
-    sim.deploy(dataplane)
-    return sim.observe(probes)
-
-
-def _run(backend: NetnsBackend, dataplane: Dataplane, probes: list[Probe]) -> list[Outcome]:
-    backend.deploy(dataplane)
-    backend.reset()
-    observations = backend.observe(probes)
-    for obs in observations:
-        assert not obs.exact and len(obs.outcomes) == 1 and obs.outcomes[0][1] == 1.0
-    return [obs.outcomes[0][0] for obs in observations]
-
-
-def _assert_like_sim(dataplane: Dataplane, probes: list[Probe], samples: list[Outcome]) -> None:
-    bad = []
-    for expected, sample in zip(_sim(dataplane, probes), samples, strict=True):
-        if sample not in expected.possible:
-            bad.append(f"{expected.probe}: kernel {sample.summary()} [{sample.reason}]; sim {expected.describe()}")
-    assert not bad, f"{dataplane.implementation}:\n" + "\n".join(bad)
-
-
-def classic_with_node_port() -> Scenario:
-    """The classic scenario, its Service also exposed as NodePort 30080 (TCP and UDP)."""
-    scenario = classic_scenario()
-    svc = scenario.services[0]
-    ports = tuple(dataclasses.replace(p, node_port=30080) for p in svc.ports)
-    return dataclasses.replace(scenario, services=(dataclasses.replace(svc, ports=ports, type="NodePort"),))
-
-
-A, B, SVC, NODE = (IPv4Address(a) for a in ("10.244.1.10", "10.244.1.11", "10.96.0.100", "172.18.0.2"))
-POD_A, POD_B = "pod:default/pod-a", "pod:default/pod-b"
-CLASSIC_PROBES = [
-    Probe(POD_A, B, 8080, "TCP"),  # pod -> pod
-    Probe(POD_A, B, 8080, "UDP"),
-    Probe(POD_A, SVC, 80, "TCP"),  # pod -> ClusterIP
-    Probe(POD_A, SVC, 80, "UDP"),
-    Probe(POD_B, SVC, 80, "TCP"),  # hairpin
-    Probe(POD_B, SVC, 80, "UDP"),
-    Probe(POD_A, B, 9999, "TCP"),  # closed port
-    Probe(POD_A, B, 9999, "UDP"),
-    Probe("node:node-1", B, 8080, "TCP"),  # node -> pod
-    Probe("node:node-1", B, 8080, "UDP"),
-    Probe("external", NODE, 30080, "TCP"),  # external -> NodePort
-    Probe("external", NODE, 30080, "UDP"),
-    Probe(POD_A, SVC, 81, "TCP"),  # a port the Service lacks
-]
-
-
 @pytest.mark.parametrize("implementation", ["reference", "hairpin-mode-off", "bridge-nf-off"])
 def test_classic_matches_simulator(backend: NetnsBackend, implementation: str) -> None:
     dataplane = get_implementation(implementation).render(classic_with_node_port())
-    samples = _run(backend, dataplane, CLASSIC_PROBES)
-    _assert_like_sim(dataplane, CLASSIC_PROBES, samples)
+    samples = sampled(backend, dataplane, CLASSIC_PROBES)
+    assert_like_sim(dataplane, CLASSIC_PROBES, samples, who="kernel")
     if implementation == "reference":
         delivered = {o.verdict for o in samples[:6] + samples[8:12]}
         assert delivered == {"delivered"}, samples
@@ -126,8 +71,8 @@ def test_classic_matches_simulator(backend: NetnsBackend, implementation: str) -
 def test_broken_differs_where_simulator_says(backend: NetnsBackend, broken: str) -> None:
     scenario = classic_with_node_port()
     good, bad = (get_implementation(name).render(scenario) for name in ("reference", broken))
-    sim_good, sim_bad = _sim(good, CLASSIC_PROBES), _sim(bad, CLASSIC_PROBES)
-    kernel_good, kernel_bad = _run(backend, good, CLASSIC_PROBES), _run(backend, bad, CLASSIC_PROBES)
+    sim_good, sim_bad = simulated(good, CLASSIC_PROBES), simulated(bad, CLASSIC_PROBES)
+    kernel_good, kernel_bad = sampled(backend, good, CLASSIC_PROBES), sampled(backend, bad, CLASSIC_PROBES)
     differing = 0
     for sg, sb, kg, kb in zip(sim_good, sim_bad, kernel_good, kernel_bad, strict=True):
         if not set(sg.possible) & set(sb.possible):  # the sim says: always different
@@ -164,7 +109,7 @@ def test_root_namespace_unchanged(privileged: None) -> None:
     before = _root_snapshot()
     b = NetnsBackend()
     try:
-        _run(b, get_implementation("reference").render(classic_with_node_port()), CLASSIC_PROBES[:4])
+        sampled(b, get_implementation("reference").render(classic_with_node_port()), CLASSIC_PROBES[:4])
         during = _root_snapshot()
         record = json.loads((records.STATE_DIR / f"{b.run_id}.json").read_text())
         assert all(name.startswith(f"nc-{b.run_id}-") for name in record["netns"])
@@ -245,9 +190,9 @@ def test_rules_swap_behaves_like_fresh_deploy(backend: NetnsBackend) -> None:
         backend.deploy(sequence[0])
         swaps = backend.swaps
         for dataplane in sequence:
-            reused = _run(backend, dataplane, probes)
-            _assert_like_sim(dataplane, probes, reused)
-            assert reused == _run(fresh, dataplane, probes), dataplane.implementation
+            reused = sampled(backend, dataplane, probes)
+            assert_like_sim(dataplane, probes, reused, who="kernel")
+            assert reused == sampled(fresh, dataplane, probes), dataplane.implementation
         assert backend.swaps - swaps == len(sequence)
     finally:
         fresh.teardown()

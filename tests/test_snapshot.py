@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -17,7 +16,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 
-from backends import BackendUnavailable
 from backends.netns import NetnsBackend
 from backends.netns.snapshot import snapshot_run
 from backends.sim import SimBackend
@@ -46,28 +44,15 @@ from conformance.snapshot import (
 from conformance.specs import all_specs
 from conformance.strategies import classic_scenario
 
-REPO = Path(__file__).resolve().parent.parent
+from live import POLICIES, REPO, live_or_skip
+
 RULES = REPO / "tests" / "rulesets" / "kube-proxy-node.txt"
 RULES_SCENARIO = REPO / "tests" / "rulesets" / "kube-proxy-node.yaml"
-POLICIES = REPO / "tests" / "scenarios" / "policies.yaml"
-
-
-def _required() -> bool:
-    wanted = os.environ.get("NETCONFORMANCE_REQUIRE_BACKENDS", "")
-    return "netns" in {name.strip() for name in wanted.split(",")}
 
 
 @pytest.fixture(scope="module")
 def live(request: pytest.FixtureRequest) -> Iterator[NetnsBackend]:
-    chosen = {n.strip() for n in str(request.config.getoption("--backend")).split(",")}
-    if "netns" not in chosen and not _required():
-        pytest.skip("the netns backend is not selected (run with --backend netns)")
-    try:
-        NetnsBackend().preflight()
-    except BackendUnavailable as e:
-        if _required():
-            pytest.fail(f"netns backend required but unavailable: {e}")
-        pytest.skip(str(e))
+    live_or_skip(request, "netns", NetnsBackend().preflight)
     b = NetnsBackend()
     yield b
     b.teardown()

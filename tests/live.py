@@ -1,0 +1,101 @@
+"""What the tests against a live backend (netns, docker) share.
+
+Selection follows the pytest plugin: a live test runs when --backend names
+its backend (or, unless `selected_only`, NETCONFORMANCE_REQUIRE_BACKENDS
+does), is skipped with the preflight's exact reason when it cannot run, and
+fails instead when NETCONFORMANCE_REQUIRE_BACKENDS names the backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from backends import Backend, BackendUnavailable
+from backends.sim import SimBackend
+from conformance.dataplane import Dataplane
+from conformance.model import Scenario
+from conformance.probes import Observation, Outcome, Probe
+from conformance.pytest_plugin import required_backends
+from conformance.strategies import classic_scenario
+
+REPO = Path(__file__).resolve().parent.parent
+POLICIES = REPO / "tests" / "scenarios" / "policies.yaml"
+
+
+def live_or_skip(
+    request: pytest.FixtureRequest,
+    name: str,
+    preflight: Callable[[], None],
+    *,
+    selected_only: bool = False,
+    what: str | None = None,
+) -> None:
+    """Skip (or fail, when required) unless backend `name` is chosen and `preflight` passes."""
+    chosen = {n.strip() for n in str(request.config.getoption("--backend")).split(",")}
+    required = name in required_backends()
+    if name not in chosen and (selected_only or not required):
+        pytest.skip(f"the {name} backend is not selected (run with --backend {name})")
+    try:
+        preflight()
+    except BackendUnavailable as e:
+        if required:
+            pytest.fail(f"{what or f'{name} backend'} required but unavailable: {e}")
+        pytest.skip(str(e))
+
+
+def classic_with_node_port() -> Scenario:
+    """The classic scenario, its Service also exposed as NodePort 30080 (TCP and UDP)."""
+    scenario = classic_scenario()
+    svc = scenario.services[0]
+    ports = tuple(dataclasses.replace(p, node_port=30080) for p in svc.ports)
+    return dataclasses.replace(scenario, services=(dataclasses.replace(svc, ports=ports, type="NodePort"),))
+
+
+A, B, SVC, NODE = (IPv4Address(a) for a in ("10.244.1.10", "10.244.1.11", "10.96.0.100", "172.18.0.2"))
+POD_A, POD_B = "pod:default/pod-a", "pod:default/pod-b"
+CLASSIC_PROBES = [
+    Probe(POD_A, B, 8080, "TCP"),  # pod -> pod
+    Probe(POD_A, B, 8080, "UDP"),
+    Probe(POD_A, SVC, 80, "TCP"),  # pod -> ClusterIP
+    Probe(POD_A, SVC, 80, "UDP"),
+    Probe(POD_B, SVC, 80, "TCP"),  # hairpin
+    Probe(POD_B, SVC, 80, "UDP"),
+    Probe(POD_A, B, 9999, "TCP"),  # closed port
+    Probe(POD_A, B, 9999, "UDP"),
+    Probe("node:node-1", B, 8080, "TCP"),  # node -> pod
+    Probe("node:node-1", B, 8080, "UDP"),
+    Probe("external", NODE, 30080, "TCP"),  # external -> NodePort (on docker, across the Docker network)
+    Probe("external", NODE, 30080, "UDP"),
+    Probe(POD_A, SVC, 81, "TCP"),  # a port the Service lacks
+]
+
+
+def simulated(dataplane: Dataplane, probes: Sequence[Probe]) -> list[Observation]:
+    """The simulator's prediction for `probes` on `dataplane`."""
+    sim = SimBackend()
+    sim.deploy(dataplane)
+    return sim.observe(probes)
+
+
+def sampled(backend: Backend, dataplane: Dataplane, probes: Sequence[Probe]) -> list[Outcome]:
+    """Deploy, reset, and one sample per probe (a real backend observes one outcome each)."""
+    backend.deploy(dataplane)
+    backend.reset()
+    observations = backend.observe(probes)
+    for obs in observations:
+        assert not obs.exact and len(obs.outcomes) == 1 and obs.outcomes[0][1] == 1.0
+    return [obs.outcomes[0][0] for obs in observations]
+
+
+def assert_like_sim(dataplane: Dataplane, probes: Sequence[Probe], samples: Sequence[Outcome], *, who: str) -> None:
+    """Every sample is an outcome the simulator allows; `who` names the sampler in the message."""
+    bad = []
+    for expected, sample in zip(simulated(dataplane, probes), samples, strict=True):
+        if sample not in expected.possible:
+            bad.append(f"{expected.probe}: {who} {sample.summary()} [{sample.reason}]; sim {expected.describe()}")
+    assert not bad, f"{dataplane.implementation}:\n" + "\n".join(bad)
