@@ -95,10 +95,6 @@ def track(table: ConntrackTable, pkt: Packet) -> None:
     pkt.ctstate = "NEW"
 
 
-def nat_initialized(conn: Conn, manip: Manip) -> bool:
-    return INIT_STATUS[manip] in conn.status
-
-
 def bind(conn: Conn, manip: Manip, ip: Addr | None, port: int | None) -> None:
     """Record a NAT binding decided on the first packet (ip None: null binding)."""
     conn.status.add(INIT_STATUS[manip])

@@ -148,13 +148,21 @@ class NetNS:
         self._local, self._broadcast = None, None
         self._memo.clear()
 
+    def forget_learned(self) -> None:
+        """Memoised lookups, hook contexts, ARP and FDB entries (see Kernel.forget_learned)."""
+        self._memo.clear()
+        self.contexts.clear()
+        self.neigh.clear()
+        for dev in self.devices.values():
+            dev.fdb.clear()
+
     def local_addresses(self) -> dict[Addr, Device]:
         if self._local is None:
             self._local = {Addr.of(a.ip): dev for dev in self.devices.values() for a in dev.addresses}
         return self._local
 
     def is_local(self, ip: Addr) -> bool:
-        return ip in self.local_addresses() or (ip >> 24) == 127
+        return ip in self.local_addresses() or _loopback(ip)
 
     def is_broadcast(self, ip: Addr) -> bool:
         if self._broadcast is None:
@@ -357,11 +365,7 @@ class Kernel:
         probes does not measure warm caches a fresh deployment lacks.
         """
         for ns in self.namespaces.values():
-            ns._memo.clear()
-            ns.contexts.clear()
-            ns.neigh.clear()
-            for dev in ns.devices.values():
-                dev.fdb.clear()
+            ns.forget_learned()
 
     # -- building ----------------------------------------------------------
     def _mac(self, seed: str) -> str:

@@ -631,9 +631,7 @@ def traverse_compiled(chains: CompiledTable | None, pkt: Packet, ctx: HookContex
                     _step(ctx, chain, f"{'jump' if action == _JUMP else 'goto'} {target.name}", cr.rule)
                 if action == _JUMP:
                     stack.append((chain, cand, pos))
-                # (candidates() inlined: this is the walk's innermost loop)
-                chain, pos = target, 0
-                cand = target.all_rules if target.by_dst is None else target.by_dst.get(pkt.dst, target.others)
+                chain, cand, pos = target, target.candidates(pkt), 0
                 continue
             if cr.decision is not None:  # ACCEPT, DROP, REJECT, DNAT/SNAT/MASQUERADE
                 if trace is not None:
