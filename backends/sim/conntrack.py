@@ -22,7 +22,7 @@ INIT_STATUS: dict[Manip, str] = {"DST": "INIT_DST", "SRC": "INIT_SRC"}
 ICMP_ERROR_TYPES = frozenset({3, 4, 5, 11, 12})
 
 
-@dataclass
+@dataclass(slots=True)
 class ConntrackTable:
     by_tuple: dict[Tuple5, tuple[Conn, bool]] = field(default_factory=dict)  # -> (conn, is_reply)
 

@@ -258,7 +258,9 @@ class Route:
 # ---------------------------------------------------------------- walking
 
 
-@dataclass(frozen=True)
+# The landings are not frozen: a frozen dataclass is built through
+# object.__setattr__, and every packet sent ends in one of these.
+@dataclass(slots=True)
 class Arrived:
     """A packet reached the transport layer of a namespace."""
 
@@ -266,12 +268,12 @@ class Arrived:
     pkt: Packet
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Lost:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SendError:
     """The sending socket got an immediate error (e.g. no route)."""
 
@@ -281,7 +283,7 @@ class SendError:
 Landing = Arrived | Lost | SendError
 
 
-@dataclass
+@dataclass(slots=True)
 class Walk:
     """Per-path state: the trace, the chooser for random rules, a hop budget."""
 

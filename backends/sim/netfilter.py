@@ -63,7 +63,7 @@ class Chooser(Protocol):
         ...
 
 
-@dataclass
+@dataclass(slots=True)
 class NetfilterState:
     """Per network namespace state that survives between packets."""
 
@@ -74,7 +74,7 @@ class NetfilterState:
     recent: dict[str, dict[int, list[float]]] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class HookContext:
     netns: str
     hook: str  # PREROUTING INPUT FORWARD OUTPUT POSTROUTING

@@ -56,7 +56,7 @@ class Tuple5(NamedTuple):
         return f"{self.proto} {self.src}:{self.sport} -> {self.dst}:{self.dport}"
 
 
-@dataclass
+@dataclass(slots=True)
 class Conn:
     """A conntrack entry: original and reply tuples, NAT status, mark."""
 
@@ -67,7 +67,7 @@ class Conn:
     zone: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Packet:
     src: Addr
     dst: Addr

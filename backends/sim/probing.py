@@ -36,7 +36,7 @@ ERRNO_BY_UNREACH_CODE = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class ScriptedChooser:
     """Replays a prefix of decisions, then takes the first branch."""
 
