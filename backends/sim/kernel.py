@@ -232,7 +232,7 @@ class NetNS:
     def select_src(self, dev: Device, toward: Addr) -> Addr | None:
         """inet_select_addr: prefer an address of `dev` on the same subnet."""
         for a in dev.addresses:
-            if toward.ipv4() in a.network:
+            if (toward & int(a.network.netmask)) == int(a.network.network_address):
                 return Addr.of(a.ip)
         if dev.addresses:
             return Addr.of(dev.addresses[0].ip)

@@ -149,6 +149,9 @@ def _net(sel: NetSel) -> Callable[[Addr], bool]:
 def _all(tests: list[Pred]) -> Pred:
     if len(tests) == 1:
         return tests[0]
+    if len(tests) == 2:  # the common case (e.g. protocol and port), without a generator
+        first, second = tests
+        return lambda p, c: first(p, c) and second(p, c)
     parts = tuple(tests)
     return lambda p, c: all(t(p, c) for t in parts)
 

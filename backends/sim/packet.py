@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Literal, NamedTuple
@@ -26,7 +27,7 @@ class Addr(int):
         return cls(int(ip))
 
     def ipv4(self) -> IPv4Address:
-        return IPv4Address(int(self))
+        return _ipv4(self)
 
     def __str__(self) -> str:
         n = int(self)
@@ -37,6 +38,13 @@ class Addr(int):
 
     def __format__(self, spec: str) -> str:
         return format(str(self), spec)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ipv4(n: int) -> IPv4Address:
+    # Outcomes carry IPv4Address; building one validates in Python code, and
+    # the same few addresses come back on every probe.
+    return IPv4Address(int(n))
 
 
 ANY = Addr(0)
