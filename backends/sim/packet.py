@@ -50,6 +50,11 @@ def _ipv4(n: int) -> IPv4Address:
 ANY = Addr(0)
 
 
+# A NamedTuple's constructor is a Python-level function; the walk builds two
+# tuples per tracked packet, so the hot paths call tuple.__new__ directly.
+_new_tuple = tuple.__new__
+
+
 class Tuple5(NamedTuple):
     src: Addr
     dst: Addr
@@ -58,7 +63,7 @@ class Tuple5(NamedTuple):
     dport: int  # icmp: echo id
 
     def reversed(self) -> Tuple5:
-        return Tuple5(self.dst, self.src, self.proto, self.dport, self.sport)
+        return _new_tuple(Tuple5, (self.dst, self.src, self.proto, self.dport, self.sport))
 
     def __str__(self) -> str:
         return f"{self.proto} {self.src}:{self.sport} -> {self.dst}:{self.dport}"
@@ -97,7 +102,7 @@ class Packet:
     dst_mac: str = ""
 
     def tuple5(self) -> Tuple5:
-        return Tuple5(self.src, self.dst, self.proto, self.sport, self.dport)
+        return _new_tuple(Tuple5, (self.src, self.dst, self.proto, self.sport, self.dport))
 
     def copy(self) -> Packet:
         return Packet(
