@@ -352,6 +352,9 @@ class Kernel:
             ns.stages = {hook: self._stages(ns, hook) for hook in HOOK_TABLES}
             ns.local_addresses()  # the address views, built with the namespace
             ns.is_broadcast(ANY)
+        # Only these can hold per-connection state: conntrack entries need
+        # conntrack hooks, match state (nth, recent) needs rules.
+        self.stateful_namespaces = tuple(ns for ns in self.namespace_list if ns.tracks or ns.ruleset is not None)
 
     def source_namespace(self, source: str) -> NetNS:
         """The namespace a probe source's socket lives in (Dataplane.source_netns, by dict)."""

@@ -78,7 +78,7 @@ def observe(kernel: Kernel, probe: Probe, *, tracing: bool = True) -> Observatio
     found: dict[Outcome, float] = {}
     script: list[bool] | None = []
     paths = 0
-    namespaces = kernel.namespace_list
+    namespaces = kernel.stateful_namespaces
     while script is not None:
         _clean(namespaces)
         chooser = ScriptedChooser(script)
