@@ -20,6 +20,7 @@ Manip = Literal["SRC", "DST"]
 INIT_STATUS: dict[Manip, str] = {"DST": "INIT_DST", "SRC": "INIT_SRC"}
 # ICMP error types whose payload names the connection they are about.
 ICMP_ERROR_TYPES = frozenset({3, 4, 5, 11, 12})
+_RST_FIN, _SYN_ACK = frozenset({"RST", "FIN"}), frozenset({"SYN", "ACK"})
 
 
 @dataclass(slots=True)
@@ -87,7 +88,7 @@ def track(table: ConntrackTable, pkt: Packet) -> None:
             pkt.ctstate = "ESTABLISHED" if "SEEN_REPLY" in conn.status else "NEW"
         return
     # The TCP state table maps "no connection" + RST, SYN-ACK or FIN to INVALID.
-    if pkt.proto == "tcp" and ({"RST", "FIN"} & pkt.tcp_flags or {"SYN", "ACK"} <= pkt.tcp_flags):
+    if pkt.proto == "tcp" and (not _RST_FIN.isdisjoint(pkt.tcp_flags) or pkt.tcp_flags >= _SYN_ACK):
         pkt.ctstate = "INVALID"
         return
     pkt.ct = Conn(original=t, reply=t.reversed())

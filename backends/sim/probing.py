@@ -23,6 +23,9 @@ from backends.sim.packet import ANY, Addr, Packet
 from conformance.probes import Observation, Outcome, Probe
 
 CLIENT_PORT = 41000
+# The segments' flags, built once (a set display is rebuilt on every call).
+SYN, SYN_ACK, ACK = frozenset({"SYN"}), frozenset({"SYN", "ACK"}), frozenset({"ACK"})
+RST_ACK, PSH_ACK = frozenset({"RST", "ACK"}), frozenset({"PSH", "ACK"})
 MAX_PATHS = 4096
 
 ERRNO_BY_UNREACH_CODE = {
@@ -151,7 +154,7 @@ def _client_error(pkt: Packet, at: NetNS, client_ns: NetNS, probe: Probe, client
 
 
 def _tcp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client_ip: Addr) -> Outcome:
-    syn = Packet(ANY, dst, "tcp", CLIENT_PORT, probe.port, frozenset({"SYN"}))
+    syn = Packet(ANY, dst, "tcp", CLIENT_PORT, probe.port, SYN)
     syn.src = client_ip
     landing = kernel.send(walk, ns, syn)
     if isinstance(landing, SendError) and landing.reason.startswith("EPERM"):
@@ -172,7 +175,7 @@ def _tcp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client_
     if identity is None:
         if walk.tracing:
             walk.note(at, f"no listener on tcp port {p.dport}: RST")
-        rst = Packet(server_ip, peer_ip, "tcp", server_port, peer_port, frozenset({"RST", "ACK"}))
+        rst = Packet(server_ip, peer_ip, "tcp", server_port, peer_port, RST_ACK)
         back = kernel.send(walk, at, rst)
         if isinstance(back, Arrived) and _is_ours(back, ns, client_ip, dst, probe.port):
             return _fail("refused", f"ECONNREFUSED (RST from {back.pkt.src})", walk)
@@ -181,7 +184,7 @@ def _tcp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client_
         return _fail("dropped", f"RST from {at.name} did not reach the client as its own", walk)
     if walk.tracing:
         walk.note(at, f"listener {identity} accepts SYN from {peer_ip}:{peer_port}")
-    synack = Packet(server_ip, peer_ip, "tcp", server_port, peer_port, frozenset({"SYN", "ACK"}))
+    synack = Packet(server_ip, peer_ip, "tcp", server_port, peer_port, SYN_ACK)
     back = kernel.send(walk, at, synack)
     if not isinstance(back, Arrived):
         return _lost(back, walk, "SYN-ACK")
@@ -196,14 +199,14 @@ def _tcp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client_
             f"SYN-ACK reached {back.netns.name} as {q.describe()}, not as a reply from {probe.dst}:{probe.port}",
             walk,
         )
-    ack = Packet(client_ip, dst, "tcp", CLIENT_PORT, probe.port, frozenset({"ACK"}))
+    ack = Packet(client_ip, dst, "tcp", CLIENT_PORT, probe.port, ACK)
     fwd = kernel.send(walk, ns, ack)
     if not isinstance(fwd, Arrived):
         return _lost(fwd, walk, "ACK")
     a = fwd.pkt
     if fwd.netns is not at or (a.src, a.sport, a.dst, a.dport) != (peer_ip, peer_port, server_ip, server_port):
         return _fail("dropped", f"ACK reached {fwd.netns.name} as {a.describe()}", walk)
-    answer = Packet(server_ip, peer_ip, "tcp", server_port, peer_port, frozenset({"PSH", "ACK"}), payload=identity)
+    answer = Packet(server_ip, peer_ip, "tcp", server_port, peer_port, PSH_ACK, payload=identity)
     back = kernel.send(walk, at, answer)
     if not isinstance(back, Arrived):
         return _lost(back, walk, "answer")
