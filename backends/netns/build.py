@@ -11,6 +11,7 @@ per-device values once the device exists.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,7 +23,6 @@ from backends.netns.nsutil import NetnsWorker
 from conformance.dataplane import Link, NetnsConfig
 
 RESTORE = "iptables-legacy-restore"
-IFF_UP = 0x1
 IFA_F_NOPREFIXROUTE = 0x200
 RT_SCOPE_LINK = 253
 
@@ -88,9 +88,11 @@ def create(worker: NetnsWorker, ns: Netns) -> None:
                 write_sysctl(ns, key, value)
 
 
-def _indexes(ipr: IPRoute) -> dict[str, int]:
-    # One dump: pyroute2's link_lookup() dumps every link for each lookup.
-    return {str(msg.get("IFLA_IFNAME")): int(msg["index"]) for msg in ipr.get_links()}
+def _indexes() -> dict[str, int]:
+    # libc's if_nameindex asks the calling thread's namespace (the worker is
+    # inside it); pyroute2's dumps decode every attribute of every link in
+    # Python, which was a third of a topology build.
+    return {name: index for index, name in socket.if_nameindex()}
 
 
 def _index(indexes: dict[str, int], ns: Netns, dev: str) -> int:
@@ -112,12 +114,12 @@ def create_links(worker: NetnsWorker, ns: Netns, peers: dict[str, Netns]) -> Non
     with worker.inside(ns.fd), IPRoute() as ipr:
         for link in bridges:
             _create_link(ipr, ns, link, peers, {})
-        indexes = _indexes(ipr)
+        indexes = _indexes()
         for link in others:
             _create_link(ipr, ns, link, peers, indexes)
         hairpins = [link for link in ns.config.links if link.master and link.hairpin]
         if hairpins:
-            indexes = _indexes(ipr)
+            indexes = _indexes()
             for link in hairpins:
                 ipr.brport("set", index=_index(indexes, ns, link.name), mode=1)  # IFLA_BRPORT_MODE
 
@@ -147,8 +149,7 @@ def configure(worker: NetnsWorker, ns: Netns) -> None:
             if is_device_sysctl(key):
                 write_sysctl(ns, key, value)
         with IPRoute() as ipr:
-            links = list(ipr.get_links())
-            indexes = {str(msg.get("IFLA_IFNAME")): int(msg["index"]) for msg in links}
+            indexes = _indexes()
             for dev, iface in cfg.addresses:
                 extra: dict[str, object] = {}
                 if (dev, iface) in cfg.no_prefix_route:
@@ -160,9 +161,8 @@ def configure(worker: NetnsWorker, ns: Netns) -> None:
                     prefixlen=iface.network.prefixlen,
                     **extra,
                 )
-            for msg in links:
-                if not msg["flags"] & IFF_UP:
-                    ipr.link("set", index=msg["index"], state="up")
+            for index in indexes.values():
+                ipr.link("set", index=index, state="up")  # a no-op for a link already up
             # After the addresses and links: a gateway must be on a connected, up link.
             for route in cfg.routes:
                 spec: dict[str, object] = {"dst": str(route.dst), "oif": _index(indexes, ns, route.dev)}
