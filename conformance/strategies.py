@@ -267,17 +267,23 @@ _POLICY_TYPES: tuple[tuple[Literal["Ingress", "Egress"], ...], ...] = (
     ("Ingress", "Egress"),
 )
 
+# Built once: a strategy built inside a draw goes through Hypothesis' strategy
+# cache (hashing its arguments) on every example.
+_TYPE_CHOICES = st.sampled_from(_POLICY_TYPES)
+_NAMESPACE_CHOICES = st.sampled_from(NAMESPACES)
+_RULE_LISTS = st.lists(_RULES, max_size=2)
+
 
 @st.composite
 def _policy_specs(draw: st.DrawFn) -> _PolicySpec:
-    types = draw(st.sampled_from(_POLICY_TYPES))
+    types = draw(_TYPE_CHOICES)
     return _PolicySpec(
-        namespace=draw(st.sampled_from(NAMESPACES)),
+        namespace=draw(_NAMESPACE_CHOICES),
         pod_selector=draw(_SELECTORS),
         policy_types=types,
         # No rules for an isolated direction is "deny all" for it.
-        ingress=tuple(draw(st.lists(_RULES, max_size=2))) if "Ingress" in types else (),
-        egress=tuple(draw(st.lists(_RULES, max_size=2))) if "Egress" in types else (),
+        ingress=tuple(draw(_RULE_LISTS)) if "Ingress" in types else (),
+        egress=tuple(draw(_RULE_LISTS)) if "Egress" in types else (),
     )
 
 
