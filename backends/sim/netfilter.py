@@ -422,8 +422,9 @@ def _compile_physdev(m: PhysdevMatch) -> Pred:
     return physdev
 
 
-# Actions, as small ints for a cheap dispatch in the walk.
-_CONTINUE, _ACCEPT, _DROP, _RETURN, _JUMP, _GOTO, _REJECT, _MARK, _CONNMARK, _NAT, _LOG = range(11)
+# Actions, as small ints for a cheap dispatch in the walk. _DECIDE: a terminal
+# target (ACCEPT, DROP, REJECT, DNAT/SNAT/MASQUERADE), whose Decision is built once.
+_CONTINUE, _DECIDE, _RETURN, _JUMP, _GOTO, _MARK, _CONNMARK, _LOG = range(8)
 
 
 @dataclass(eq=False)
@@ -434,10 +435,8 @@ class _CRule:
     target_chain: _CChain | None = None
     mark: MarkTarget | None = None
     connmark: ConnmarkTarget | None = None
-    nat: Nat | None = None
-    reject_with: str | None = None
     log: LogTarget | None = None
-    decision: Decision | None = None  # what a terminal target returns, built once
+    decision: Decision | None = None  # set for _DECIDE
 
 
 @dataclass(eq=False)
@@ -514,22 +513,22 @@ def _compile_rule(rule: Rule, chains: dict[str, _CChain]) -> _CRule:
     if t is None:
         pass
     elif isinstance(t, Verdict):
-        cr.action = {"ACCEPT": _ACCEPT, "DROP": _DROP, "RETURN": _RETURN}[t.name]
-        if t.name != "RETURN":
-            cr.decision = Decision("ACCEPT" if t.name == "ACCEPT" else "DROP", rule)
+        if t.name == "RETURN":
+            cr.action = _RETURN
+        else:
+            cr.action, cr.decision = _DECIDE, Decision("ACCEPT" if t.name == "ACCEPT" else "DROP", rule)
     elif isinstance(t, Jump):
         cr.action = _GOTO if t.goto else _JUMP
         cr.target_chain = chains[t.chain]
     elif isinstance(t, RejectTarget):
-        cr.action, cr.reject_with = _REJECT, t.reject_with
-        cr.decision = Decision("REJECT", rule, reject_with=t.reject_with)
+        cr.action, cr.decision = _DECIDE, Decision("REJECT", rule, reject_with=t.reject_with)
     elif isinstance(t, MarkTarget):
         cr.action, cr.mark = _MARK, t
     elif isinstance(t, ConnmarkTarget):
         cr.action, cr.connmark = _CONNMARK, t
     elif isinstance(t, NatTarget):
-        cr.action, cr.nat = _NAT, Nat(t.kind, None if t.ip is None else Addr.of(t.ip), t.port, t.flags)
-        cr.decision = Decision("ACCEPT", rule, nat=cr.nat)
+        nat = Nat(t.kind, None if t.ip is None else Addr.of(t.ip), t.port, t.flags)
+        cr.action, cr.decision = _DECIDE, Decision("ACCEPT", rule, nat=nat)
     elif isinstance(t, LogTarget):
         cr.action, cr.log = _LOG, t
     else:
@@ -636,7 +635,7 @@ def traverse_compiled(chains: CompiledTable | None, pkt: Packet, ctx: HookContex
                     stack.append((chain, cand, pos))
                 chain, cand, pos = target, target.candidates(pkt), 0
                 continue
-            if cr.decision is not None:  # ACCEPT, DROP, REJECT, DNAT/SNAT/MASQUERADE
+            if cr.decision is not None:  # _DECIDE
                 if trace is not None:
                     d = cr.decision
                     what = str(d.nat) if d.nat else (f"REJECT {d.reject_with}" if d.verdict == "REJECT" else d.verdict)
