@@ -158,11 +158,6 @@ def sim_rates(
     return best
 
 
-def sim_rate(kernel: Kernel, probes: Sequence[Probe], *, windows: int = 15, seconds: float = 0.3) -> float:
-    """`sim_rates` of one workload."""
-    return sim_rates({"probes": (kernel, probes)}, windows=windows, seconds=seconds)["probes"]
-
-
 def _calibration_step(i: int) -> int:
     return i ^ (i >> 3)
 

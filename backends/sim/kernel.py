@@ -346,7 +346,6 @@ class Kernel:
         for cfg in dataplane.namespaces:
             self._configure(cfg)
         self._sources = dict(dataplane.sources)  # probe source -> its namespace's name
-        self.namespace_list = tuple(self.namespaces.values())
         for ns in self.namespaces.values():
             # Callers skip a hook with nothing registered without calling it.
             ns.stages = {hook: self._stages(ns, hook) for hook in HOOK_TABLES}
@@ -354,7 +353,7 @@ class Kernel:
             ns.is_broadcast(ANY)
         # Only these can hold per-connection state: conntrack entries need
         # conntrack hooks, match state (nth, recent) needs rules.
-        self.stateful_namespaces = tuple(ns for ns in self.namespace_list if ns.tracks or ns.ruleset is not None)
+        self.stateful_namespaces = tuple(ns for ns in self.namespaces.values() if ns.tracks or ns.ruleset is not None)
 
     def source_namespace(self, source: str) -> NetNS:
         """The namespace a probe source's socket lives in (Dataplane.source_netns, by dict)."""

@@ -120,7 +120,7 @@ def run_probe(kernel: Kernel, probe: Probe, walk: Walk) -> Outcome:
     if probe.protocol == "TCP":
         return _tcp(kernel, probe, dst, walk, ns, client_ip)
     if probe.protocol == "UDP":
-        return _udp(kernel, probe, walk, ns, client_ip)
+        return _udp(kernel, probe, dst, walk, ns, client_ip)
     raise NotImplementedError(f"{probe.protocol} probes are not modelled by the simulator")
 
 
@@ -231,8 +231,8 @@ def _is_ours(landing: Arrived, ns: NetNS, client_ip: Addr, dst: Addr, port: int)
     )
 
 
-def _udp(kernel: Kernel, probe: Probe, walk: Walk, ns: NetNS, client_ip: Addr) -> Outcome:
-    dgram = Packet(client_ip, Addr.of(probe.dst), "udp", CLIENT_PORT, probe.port)
+def _udp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client_ip: Addr) -> Outcome:
+    dgram = Packet(client_ip, dst, "udp", CLIENT_PORT, probe.port)
     landing = kernel.send(walk, ns, dgram)
     if not isinstance(landing, Arrived):
         return _lost(landing, walk, "datagram")
