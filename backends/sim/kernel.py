@@ -589,11 +589,10 @@ class Kernel:
                     if ip is None:
                         return HookResult("DROP")
                 bind(conn, "SRC", ip, nat.port)
-            if nat is not None:
+            if nat is not None and walk.tracing:
                 r = conn.reply
                 to = f"{r.src}:{r.sport}" if manip == "DST" else f"{r.dst}"
-                if walk.tracing:
-                    walk.note(ns, f"{hook} nat: {nat.kind} to {to} (replies will look like {r})")
+                walk.note(ns, f"{hook} nat: {nat.kind} to {to} (replies will look like {r})")
         before = pkt.describe() if walk.tracing else ""
         if nat_packet(pkt, manip) and walk.tracing:
             walk.note(ns, f"{hook} nat: {before} rewritten to {pkt.describe()}")
