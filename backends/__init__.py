@@ -10,7 +10,8 @@ package exposing a factory under the `netconformance.backends` entry point.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Protocol
@@ -21,6 +22,20 @@ from conformance.probes import Observation, Probe
 
 class BackendUnavailable(RuntimeError):
     """The backend cannot run here; the message says exactly why and what to do."""
+
+
+def env_seconds(name: str, default: float, env: Mapping[str, str] | None = None) -> float:
+    """A positive number of seconds from environment variable `name` (unset or empty: `default`)."""
+    value = (os.environ if env is None else env).get(name, "")
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise BackendUnavailable(f"{name}={value!r}: expected a number of seconds greater than 0")
+    return seconds
 
 
 class Backend(Protocol):

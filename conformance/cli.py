@@ -10,6 +10,7 @@ import argparse
 import atexit
 import importlib
 import json
+import re
 import sys
 import time
 import uuid
@@ -38,7 +39,7 @@ from conformance.progress import Progress
 from conformance.reporting import RunMeta, write_run
 from conformance.reporting import register as register_report
 from conformance.runner import SpecResult, replay, run_spec, summarize
-from conformance.snapshot import dump_dataplane
+from conformance.snapshot import SnapshotError, dump_dataplane
 from conformance.specs import all_specs, get_spec
 from conformance.strategies import classic_scenario
 from conformance.tracing import Query, TraceError, trace
@@ -54,40 +55,71 @@ def _fail(message: str) -> NoReturn:
     raise UsageError(message)
 
 
-def _split(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+def _split(value: str, option: str) -> list[str]:
+    """Comma-separated names; a name given twice is a mistake (it would run twice)."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    for name in names:
+        if names.count(name) > 1:
+            _fail(f"{option} {value}: {name} is given twice")
+    return names
 
 
-def _backends(names: str) -> list[Backend]:
+def _count(value: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {n}")
+    return n
+
+
+def _run_id(value: str) -> str:
+    """argparse type: a run id as the backends make them (8 hex digits), never a path."""
+    if not re.fullmatch(r"[0-9a-f]{8}", value):
+        raise argparse.ArgumentTypeError(f"expected a run id (8 hex digits, e.g. 1f2e3d4c), got {value!r}")
+    return value
+
+
+def _backends(names: str, option: str = "--backend") -> list[Backend]:
     out: list[Backend] = []
-    for name in _split(names):
+    for name in _split(names, option):
         try:
             backend = get_backend(name)
-        except KeyError as e:
-            _fail(str(e.args[0]))
-        try:
             backend.preflight()
+        except KeyError as e:
+            _fail(f"{option} {name}: {e.args[0]}")
         except BackendUnavailable as e:
             _fail(f"backend {name} cannot run here: {e}")
         out.append(backend)
     if not out:
-        _fail("--backend: give at least one backend name")
+        _fail(f"{option}: give at least one backend name")
     return out
 
 
+def _one(items: list[str], option: str) -> str:
+    if len(items) != 1:
+        _fail(f"{option} {','.join(items)}: this command takes exactly one")
+    return items[0]
+
+
 def _specs(names: Sequence[str] | None) -> list[str]:
+    """--spec values (repeatable, each may be a comma-separated list), checked."""
     specs = all_specs()
-    chosen = list(names) if names else list(specs)
+    chosen = _split(",".join(names), "--spec") if names else list(specs)
     for name in chosen:
         if name not in specs:
             _fail(f"--spec {name}: unknown spec (known: {', '.join(specs)})")
+    if not chosen:
+        _fail(f"--spec: give a spec name (known: {', '.join(specs)})")
     return chosen
 
 
 def _implementation(names: str) -> list[str]:
     """One or more comma-separated implementation names, checked."""
     known = [*IMPLEMENTATIONS, *CNI_PLUGIN_IMPLEMENTATIONS]
-    chosen = _split(names)
+    chosen = _split(names, "--implementation")
     for name in chosen:
         if name not in known:
             _fail(f"--implementation {name}: unknown (known: {', '.join(known)})")
@@ -96,9 +128,26 @@ def _implementation(names: str) -> list[str]:
     return chosen
 
 
-def _run_dir(base: Path) -> Path:
+def _check_pairs(backends: Sequence[Backend], implementations: Sequence[str]) -> None:
+    """Implementations wired by real CNI plugins cannot run on the plain simulator (it runs no plugin binaries)."""
+    for name in implementations:
+        if name in CNI_PLUGIN_IMPLEMENTATIONS and any(b.name == "sim" for b in backends):
+            _fail(
+                f"--implementation {name} runs real CNI plugin binaries, which backend sim does not: "
+                "use --backend netns, docker or sim-snapshot"
+            )
+
+
+def _run_dir(report_dir: str) -> Path:
+    """A new directory for one run's reports, made before the run so a bad --report-dir costs nothing."""
+    if not report_dir:
+        _fail("--report-dir: give a directory")
+    base = Path(report_dir)
     path = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _fail(f"--report-dir {base}: cannot create {path}: {e.strerror or e}")
     return path
 
 
@@ -121,9 +170,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     backends = _backends(args.backend)
     specs = _specs(args.spec)
     implementations = _implementation(args.implementation)
+    _check_pairs(backends, implementations)
+    run_dir = _run_dir(args.report_dir)
     meta = RunMeta.begin(args.argv, seed=args.seed, examples=args.examples)
     results = _run_matrix(specs, backends, implementations, args.examples, args.seed)
-    run_dir = _run_dir(Path(args.report_dir))
     report = write_run(run_dir, results=results, meta=meta)
     for r in results:
         for note in r.notes:
@@ -149,9 +199,10 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     # CNI-plugin implementations need a backend that can run the plugins.
     cni = any(b.name in ("netns", "sim-snapshot") for b in backends)
     names = [REFERENCE, *(i.name for i in broken_implementations(cni_plugins=cni))]
+    run_dir = _run_dir(args.report_dir)
     meta = RunMeta.begin(args.argv, seed=args.seed, examples=args.examples)
     results = _run_matrix(specs, backends, names, args.examples, args.seed)
-    report = write_run(_run_dir(Path(args.report_dir)), results=results, meta=meta)
+    report = write_run(run_dir, results=results, meta=meta)
     errors = [r for r in results if r.error]
     for r in errors:
         print(f"{r.spec} / {r.implementation} / {r.backend}: could not run: {r.error}")
@@ -196,11 +247,13 @@ def cmd_mutants(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    case = load_case(args.case)
-    spec = get_spec(args.spec) if args.spec in all_specs() else _fail(f"--spec {args.spec}: unknown")
-    _implementation(args.implementation)
+    spec = get_spec(_one(_specs([args.spec]), "--spec"))
+    impl = _one(_implementation(args.implementation), "--implementation")
+    _one(_split(args.backend, "--backend"), "--backend")
     (backend,) = _backends(args.backend)
-    observations, violations = replay(spec, case, backend, get_implementation(args.implementation))
+    _check_pairs([backend], [impl])
+    case = load_case(args.case)
+    observations, violations = replay(spec, case, backend, get_implementation(impl))
     for obs in observations:
         print(obs.describe())
     if violations:
@@ -208,37 +261,52 @@ def cmd_replay(args: argparse.Namespace) -> int:
         for v in violations:
             print(f"  - {v}")
         return 1
-    print(f"\nspec {spec.name} holds for this case on {backend.name} with {args.implementation}")
+    print(f"\nspec {spec.name} holds for this case on {backend.name} with {impl}")
     return 0
 
 
+def _address(option: str, value: str) -> IPv4Address:
+    try:
+        return IPv4Address(value)
+    except ValueError as e:
+        _fail(f"{option} {value}: expected an IPv4 address ({e})")
+
+
+def _network(option: str, value: str) -> IPv4Network:
+    try:
+        return IPv4Network(value, strict=False)  # host bits allowed: a node's address/prefix names its network
+    except ValueError as e:
+        _fail(f"{option} {value}: expected an IPv4 network, e.g. 10.244.1.0/24 ({e})")
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
+    if not args.rules:
+        _fail("--rules: give an iptables-save file")
     path = Path(args.rules)
     try:
         rules = path.read_text(encoding="utf-8")
     except OSError as e:
         _fail(f"--rules {path}: cannot read: {e.strerror or e}")
-    try:
-        q = Query(
-            rules=rules,
-            rules_name=str(path),
-            local_ips=tuple(IPv4Address(ip) for ip in args.local_ip),
-            pod_cidr=IPv4Network(args.pod_cidr, strict=False),
-            origin=args.origin,
-            src=IPv4Address(args.src),
-            dst=IPv4Address(args.dst),
-            dport=args.dport,
-            proto=args.proto,
-        )
-    except ValueError as e:
-        _fail(f"bad address: {e}")
+    except UnicodeDecodeError as e:
+        _fail(f"--rules {path}: not iptables-save text (not UTF-8 at byte {e.start})")
+    q = Query(
+        rules=rules,
+        rules_name=str(path),
+        local_ips=tuple(_address("--local-ip", ip) for ip in args.local_ip),
+        pod_cidr=_network("--pod-cidr", args.pod_cidr),
+        origin=args.origin,
+        src=_address("--src", args.src),
+        dst=_address("--dst", args.dst),
+        dport=args.dport,
+        proto=args.proto,
+    )
     report = trace(q)
     print(json.dumps(report.as_json(), indent=2) if args.json else report.render())
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    backends = _backends(args.backends)
+    backends = _backends(args.backends, "--backends")
     exact = [b for b in backends if b.exact]
     real = [b for b in backends if not b.exact]
     if len(exact) != 1 or not real:
@@ -249,7 +317,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         # Predict from the very namespaces the real backend built.
         predictor = SimSnapshotBackend(live=real[0])  # type: ignore[arg-type]  # a netns backend
     meta = RunMeta.begin(args.argv, seed=args.seed, examples=args.examples)
-    run_dir = _run_dir(Path(args.report_dir))
+    run_dir = _run_dir(args.report_dir)
     comparisons: list[CompareResult] = []
     failed = 0
     for b in real:
@@ -307,28 +375,62 @@ def _import_backend_module(name: str) -> object | None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    # Checked before the benchmarks run (they take minutes): names, the output directory.
+    backends = _split(args.backends, "--backends")
+    for name in backends:
+        if name not in backend_names():
+            _fail(f"--backends {name}: unknown backend (known: {', '.join(backend_names())})")
+    if not backends:
+        _fail("--backends: give at least one backend name, e.g. sim")
+    tox_envs = _split(args.tox, "--tox") if args.tox else []
+    known_envs = _tox_envs() if tox_envs else []
+    if tox_envs and not known_envs:
+        _fail("--tox: no tox.ini with environments in the working directory (run from the project's root)")
+    for env in tox_envs:
+        if env not in known_envs:
+            _fail(f"--tox {env}: no such tox environment (tox.ini has: {', '.join(known_envs)})")
+    if not args.out:
+        _fail("--out: give a directory")
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _fail(f"--out {args.out}: cannot create the directory: {e.strerror or e}")
     figures = run_bench(
-        backends=_split(args.backends),
-        tox_envs=_split(args.tox) if args.tox else [],
-        compare_examples=args.compare_examples,
-        out_dir=Path(args.out),
+        backends=backends, tox_envs=tox_envs, compare_examples=args.compare_examples, out_dir=Path(args.out)
     )
     print(render_bench(figures))
     return 0
+
+
+def _tox_envs() -> list[str]:
+    """The environments tox.ini (in the working directory) defines; empty when there is none to read."""
+    try:
+        text = Path("tox.ini").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    return re.findall(r"^\[testenv:([^\]]+)\]", text, flags=re.MULTILINE)
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
     """Read live namespaces back as a Dataplane file the simulator loads."""
     from backends.netns.snapshot import snapshot_deployment, snapshot_run
 
-    if args.run:
+    out = Path(args.out)
+    if not args.out or out.is_dir() or not out.parent.is_dir():
+        _fail(f"--out {args.out}: expected a file path in an existing directory")
+    if args.run is not None:
+        if args.scenario is not None or args.implementation != REFERENCE:
+            _fail("--run reads a recorded run as it is: --scenario and --implementation do not apply")
         dataplane = snapshot_run(args.run)
     else:
         scenario = load_scenario(args.scenario) if args.scenario else classic_scenario()
-        (name,) = _implementation(args.implementation)
+        name = _one(_implementation(args.implementation), "--implementation")
         _backends("netns")  # checks privileges and tools first
         dataplane = snapshot_deployment(get_implementation(name).render(scenario))
-    Path(args.out).write_text(dump_dataplane(dataplane), encoding="utf-8")
+    try:
+        out.write_text(dump_dataplane(dataplane), encoding="utf-8")
+    except OSError as e:
+        _fail(f"--out {out}: cannot write: {e.strerror or e}")
     print(f"snapshot of {len(dataplane.namespaces)} namespaces written to {args.out}")
     return 0
 
@@ -368,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser, examples: int) -> None:
         sp.add_argument("--backend", default="sim", help="comma-separated backends (default: sim)")
         sp.add_argument("--spec", action="append", help="a spec to run (repeatable; default: all)")
-        sp.add_argument("--examples", type=int, default=examples, help=f"examples per spec (default: {examples})")
+        sp.add_argument("--examples", type=_count, default=examples, help=f"examples per spec (default: {examples})")
         sp.add_argument("--seed", type=int, default=None, help="Hypothesis seed (default: random, printed)")
 
     run = sub.add_parser("run", help="run the specs against an implementation on backends")
@@ -403,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmp = sub.add_parser("compare", help="differential run: a real backend's samples against the simulator")
     cmp.add_argument("--backends", default="sim,netns", help="the exact backend and real ones (default: sim,netns)")
-    cmp.add_argument("--examples", type=int, default=100)
+    cmp.add_argument("--examples", type=_count, default=100)
     cmp.add_argument("--seed", type=int, default=None)
     cmp.add_argument("--implementation", default=REFERENCE)
     cmp.add_argument("--report-dir", default=str(DEFAULT_REPORT_DIR))
@@ -411,17 +513,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sn = sub.add_parser("snapshot", help="read a node's live state (netns) into a Dataplane file for the simulator")
     sn.add_argument("--out", required=True, help="where the Dataplane (JSON) goes")
-    sn.add_argument("--run", default=None, help="a recorded run of the netns backend to read")
+    sn.add_argument("--run", type=_run_id, default=None, help="a recorded run of the netns backend to read")
     sn.add_argument("--implementation", default=REFERENCE, help="deploy this implementation and read it back")
     sn.add_argument("--scenario", default=None, help="scenario file to deploy (default: the classic scenario)")
     sn.set_defaults(func=cmd_snapshot)
 
+    # Listed for --help; main() hands `image ...` to the image command's own parser.
     img = sub.add_parser("image", help="the docker backend's node image: build, name, prune", add_help=False)
     img.add_argument("image_args", nargs=argparse.REMAINDER)
     img.set_defaults(func=cmd_image)
 
     cl = sub.add_parser("cleanup", help="remove what runs of this tool created (also after a crash)")
-    cl.add_argument("--run", default=None, help="only this run id (default: every recorded run)")
+    cl.add_argument("--run", type=_run_id, default=None, help="only this run id (default: every recorded run)")
     cl.set_defaults(func=cmd_cleanup)
 
     register_report(sub)
@@ -429,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="measure the simulator and the real-kernel backend; print figures")
     bn.add_argument("--backends", default="sim,netns", help="backends to measure (unavailable ones are noted)")
     bn.add_argument("--tox", default="", help="also time these tox envs, e.g. sim,netns (slow)")
-    bn.add_argument("--compare-examples", type=int, default=100)
+    bn.add_argument("--compare-examples", type=_count, default=100)
     bn.add_argument("--out", default="reports/bench", help="where the JSON figures go")
     bn.set_defaults(func=cmd_bench)
 
@@ -439,12 +542,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.argv = list(argv) if argv is not None else sys.argv[1:]
+    given = list(argv) if argv is not None else sys.argv[1:]
+    if given[:1] == ["image"]:
+        # Its own parser, its own --help (argparse's REMAINDER would refuse a leading option).
+        return cmd_image(argparse.Namespace(image_args=given[1:]))
+    args = build_parser().parse_args(given)
+    args.argv = given
     try:
         code: int = args.func(args)
         return code
-    except (UsageError, ScenarioError, RulesetError, TraceError, SimError) as e:
+    except (UsageError, ScenarioError, RulesetError, TraceError, SimError, SnapshotError) as e:
         kind = "error" if not isinstance(e, SimError) else "not modelled by the simulator"
         print(f"netconformance: {kind}: {e}", file=sys.stderr)
         return 2

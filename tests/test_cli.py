@@ -9,6 +9,8 @@ import pytest
 
 from conformance.cli import main
 
+TRACE_REST = ["--from", "pod", "--src", "10.244.1.11", "--dst", "10.96.0.10", "--dport", "80"]
+
 
 def test_run_reference_passes_and_writes_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["run", "--spec", "hairpin", "--examples", "20", "--seed", "5", "--report-dir", str(tmp_path)])
@@ -55,15 +57,101 @@ def test_run_broken_fails_with_a_reproducer_that_replays(tmp_path: Path, capsys:
         (["run", "--implementation", "nope"], "--implementation nope: unknown"),
         (["run", "--backend", "nope"], "unknown backend 'nope'"),
         (["compare", "--backends", "sim"], "name one exact backend (sim) and at least one real backend"),
+        (["compare", "--backends", ""], "--backends: give at least one backend name"),
+        # A name given twice would run (and count) twice.
+        (["run", "--backend", "sim,sim"], "--backend sim,sim: sim is given twice"),
+        (["run", "--spec", "hairpin", "--spec", "hairpin"], "--spec hairpin,hairpin: hairpin is given twice"),
+        (["mutants", "--backend", "sim,sim"], "--backend sim,sim: sim is given twice"),
+        (["run", "--implementation", "reference,reference"], "reference is given twice"),
+        (["run", "--spec", "hairpin,nope"], "--spec nope: unknown spec"),
+        (["run", "--implementation", "cni-bridge"], "cni-bridge runs real CNI plugin binaries, which backend sim"),
+        (["replay", "case.yaml", "--spec", "hairpin", "--implementation", "reference,hairpin-mode-off"], "exactly one"),
+        (["replay", "case.yaml", "--spec", "hairpin", "--backend", "sim,netns"], "--backend sim,netns: this"),
+        (["run", "--report-dir", ""], "--report-dir: give a directory"),
+        (["bench", "--backends", "nope"], "--backends nope: unknown backend"),
+        (["bench", "--tox", "sim,nope"], "--tox nope: no such tox environment (tox.ini has: sim, netns)"),
+        (["bench", "--out", "afile/x"], "--out afile/x: cannot create the directory"),
+        (["snapshot", "--out", "nodir/s.json"], "--out nodir/s.json: expected a file path in an existing directory"),
+        (
+            ["trace", "--rules", "rules", "--local-ip", "300.1.1.1", "--pod-cidr", "10.244.1.0/24", *TRACE_REST],
+            "--local-ip 300.1.1.1: expected an IPv4 address",
+        ),
+        (
+            ["trace", "--rules", "rules", "--local-ip", "172.18.0.2", "--pod-cidr", "10.244.1.0/33", *TRACE_REST],
+            "--pod-cidr 10.244.1.0/33: expected an IPv4 network",
+        ),
+        (
+            ["trace", "--rules", "binary", "--local-ip", "172.18.0.2", "--pod-cidr", "10.244.1.0/24", *TRACE_REST],
+            "--rules binary: not iptables-save text (not UTF-8 at byte 1)",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_without_traceback(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # Checked before any work: nothing runs, nothing is written.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tox.ini").write_text("[tox]\n[testenv:sim]\n[testenv:netns]\n")
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "rules").write_text("*filter\nCOMMIT\n")
+    (tmp_path / "binary").write_bytes(b"*\xff\n")
+    (tmp_path / "case.yaml").write_text((Path(__file__).parent / "scenarios" / "classic.yaml").read_text())
+    before = sorted(tmp_path.iterdir())
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+    assert sorted(tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--examples", "0"], "argument --examples: expected at least 1, got 0"),
+        (["mutants", "--examples", "-3"], "argument --examples: expected at least 1, got -3"),
+        (["compare", "--examples", "many"], "argument --examples: expected a whole number, got 'many'"),
+        (["bench", "--compare-examples", "0"], "argument --compare-examples: expected at least 1"),
+        # A run id is never a path (it names state files and, for cleanup, what gets deleted).
+        (["snapshot", "--out", "s.json", "--run", "../x"], "argument --run: expected a run id (8 hex digits"),
+        (["cleanup", "--run", ""], "argument --run: expected a run id (8 hex digits"),
+    ],
+)
+def test_bad_option_values_are_refused_by_the_parser(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_report_dir_that_cannot_be_made_is_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    assert main(["run", "--spec", "hairpin", "--report-dir", str(not_a_dir)]) == 2
+    captured = capsys.readouterr()
+    assert f"--report-dir {not_a_dir}: cannot create" in captured.err
+    assert "passed" not in captured.out  # refused before any spec ran
+
+
+def test_bad_probe_timeout_in_the_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NETCONFORMANCE_PROBE_TIMEOUT", "abc")
+    assert main(["run", "--backend", "netns"]) == 2
+    assert "NETCONFORMANCE_PROBE_TIMEOUT='abc': expected a number of seconds greater than 0" in capsys.readouterr().err
+    monkeypatch.setenv("NETCONFORMANCE_PROBE_TIMEOUT", "-1")
+    assert main(["list"]) == 0
+    assert "netns    unavailable: NETCONFORMANCE_PROBE_TIMEOUT='-1'" in capsys.readouterr().out
+
+
+def test_image_help_reaches_the_image_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["image", "--help"])
+    assert exited.value.code == 0
+    assert "usage: netconformance image" in capsys.readouterr().out
 
 
 def test_bad_case_file_names_object_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,7 +15,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
-from backends.sim.kernel import Kernel
+from backends.sim.kernel import Kernel, SimError
 from backends.sim.probing import observe
 from conformance.dataplane import Dataplane, Link, Listener, NetnsConfig, Route
 from conformance.implementations import IMPLEMENTATIONS, get_implementation
@@ -93,6 +93,12 @@ def test_delivered_reports_server_and_addresses(proto: Protocol) -> None:
 def test_tcp_without_listener_is_refused_by_rst() -> None:
     outcome = run(Kernel(routed()), "client", SERVER, 9090, "TCP")
     assert (outcome.verdict, outcome.reason) == ("refused", f"ECONNREFUSED (RST from {SERVER})")
+
+
+def test_sctp_probe_is_an_explicit_not_modelled_error() -> None:
+    # The simulator never guesses: an SCTP connection is not modelled, and says so (the CLI exits 2 on SimError).
+    with pytest.raises(SimError, match=r"client -> 10.1.0.2:8080/SCTP: SCTP probes are not modelled by the simulator"):
+        observe(Kernel(routed()), Probe("client", SERVER, 8080, "SCTP"))
 
 
 def test_udp_without_listener_is_refused_by_icmp_port_unreachable() -> None:

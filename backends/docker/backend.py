@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
-import os
 import re
 import secrets
 import shlex
@@ -21,7 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from backends import BackendUnavailable
+from backends import BackendUnavailable, env_seconds
 from backends.docker import daemon, image
 from backends.docker.common import kernel_name
 from backends.docker.daemon import AgentError, NodeContainer, Privilege
@@ -84,7 +83,7 @@ class DockerBackend:
 
     def __init__(self, *, probe_timeout: float | None = None, run_id: str | None = None) -> None:
         if probe_timeout is None:
-            probe_timeout = float(os.environ.get("NETCONFORMANCE_PROBE_TIMEOUT", DEFAULT_PROBE_TIMEOUT))
+            probe_timeout = env_seconds("NETCONFORMANCE_PROBE_TIMEOUT", DEFAULT_PROBE_TIMEOUT)
         self.probe_timeout = probe_timeout
         self.run_id = run_id or secrets.token_hex(4)
         self.client: Any = None

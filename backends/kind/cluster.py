@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from backends import BackendUnavailable
+from backends import BackendUnavailable, env_seconds
 
 Manifest = dict[str, Any]
 
@@ -65,7 +65,12 @@ class Settings:
 
         def net(key: str, default: IPv4Network | None) -> IPv4Network | None:
             value = e.get(key)
-            return IPv4Network(value) if value else default
+            if not value:
+                return default
+            try:
+                return IPv4Network(value)
+            except ValueError as err:
+                raise BackendUnavailable(f"{key}={value!r}: expected an IPv4 network ({err})") from None
 
         return cls(
             cluster=e.get("NETCONFORMANCE_KIND_CLUSTER", DEFAULT_CLUSTER),
@@ -73,8 +78,8 @@ class Settings:
             kubeconfig=e.get("NETCONFORMANCE_KUBECONFIG") or None,
             context=e.get("NETCONFORMANCE_KUBE_CONTEXT") or None,
             image=e.get("NETCONFORMANCE_KIND_IMAGE", cls.image),
-            probe_timeout=float(e.get("NETCONFORMANCE_PROBE_TIMEOUT", cls.probe_timeout)),
-            ready_timeout=float(e.get("NETCONFORMANCE_KIND_READY_TIMEOUT", cls.ready_timeout)),
+            probe_timeout=env_seconds("NETCONFORMANCE_PROBE_TIMEOUT", cls.probe_timeout, e),
+            ready_timeout=env_seconds("NETCONFORMANCE_KIND_READY_TIMEOUT", cls.ready_timeout, e),
             delete_cluster=e.get("NETCONFORMANCE_KIND_DELETE", "") == "1",
             cluster_cidr=net("NETCONFORMANCE_CLUSTER_CIDR", cls.cluster_cidr) or cls.cluster_cidr,
             service_cidr=net("NETCONFORMANCE_SERVICE_CIDR", cls.service_cidr) or cls.service_cidr,

@@ -25,7 +25,7 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
-from backends import BackendUnavailable
+from backends import BackendUnavailable, env_seconds
 from backends.netns import build, records
 from backends.netns import snapshot as netns_snapshot
 from backends.netns.build import Netns
@@ -86,7 +86,7 @@ class NetnsBackend:
 
     def __init__(self, *, probe_timeout: float | None = None, reuse: bool = True) -> None:
         if probe_timeout is None:
-            probe_timeout = float(os.environ.get("NETCONFORMANCE_PROBE_TIMEOUT", DEFAULT_PROBE_TIMEOUT))
+            probe_timeout = env_seconds("NETCONFORMANCE_PROBE_TIMEOUT", DEFAULT_PROBE_TIMEOUT)
         self.probe_timeout = probe_timeout
         # Between examples, keep the namespaces when only rules changed.
         self.reuse = reuse

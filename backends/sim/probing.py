@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from backends.sim.conntrack import ConntrackTable
-from backends.sim.kernel import Arrived, Kernel, Lost, NetNS, SendError, Walk
+from backends.sim.kernel import Arrived, Kernel, Lost, NetNS, SendError, SimError, Walk
 from backends.sim.netfilter import NetfilterState
 from backends.sim.packet import ANY, Addr, Packet
 from conformance.probes import Observation, Outcome, Probe
@@ -121,7 +121,7 @@ def run_probe(kernel: Kernel, probe: Probe, walk: Walk) -> Outcome:
         return _tcp(kernel, probe, dst, walk, ns, client_ip)
     if probe.protocol == "UDP":
         return _udp(kernel, probe, dst, walk, ns, client_ip)
-    raise NotImplementedError(f"{probe.protocol} probes are not modelled by the simulator")
+    raise SimError(f"{probe}: {probe.protocol} probes are not modelled by the simulator")
 
 
 def _fail(verdict: str, reason: str, walk: Walk) -> Outcome:
