@@ -295,10 +295,28 @@ def test_unknown_match_module() -> None:
     e = refused("*filter\n:KUBE-SVC-X - [0:0]\n-A KUBE-SVC-X -m set --match-set foo src -j ACCEPT\nCOMMIT\n")
     assert e.line == 3 and e.source == "rules.txt"
     assert e.text == "-A KUBE-SVC-X -m set --match-set foo src -j ACCEPT"
-    assert str(e) == (
+    assert str(e).startswith(
         "rules.txt:3: -A KUBE-SVC-X -m set --match-set foo src -j ACCEPT: "
-        "match extension 'set' is not modelled by the simulator"
+        "match extension 'set' is not modelled by the simulator (modelled: addrtype, comment, conntrack, "
     )
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        # A typo reads as one: the message lists what would have been accepted.
+        ("-a INPUT -j ACCEPT", "command '-a' is unknown or not modelled by the simulator (modelled: -A/--append"),
+        ("-A INPUT -p tcpp -j ACCEPT", "protocol 'tcpp' is unknown or not modelled by the simulator (modelled: tcp,"),
+        ("-A INPUT -m conntrack --ctstate INVALLID -j DROP", "conntrack state 'INVALLID' is unknown or not modelled"),
+        ("-A INPUT -p tcp --tcp-flags SYNN SYN -j DROP", "TCP flag 'SYNN' is unknown (iptables knows FIN, SYN"),
+        ("-A INPUT -j REJECT --reject-with icmp-port-unreachabl", "(modelled: icmp-admin-prohibited,"),
+        ("-A INPUT --dport 80 -j ACCEPT", "option '--dport' belongs to no match or target given before it"),
+        ("-A INPUT -p tcp -m tcp --tcp-option 2 -j ACCEPT", "of match 'tcp' is unknown or not modelled by the"),
+    ],
+)
+def test_refusals_say_what_is_modelled(rule: str, message: str) -> None:
+    e = refused(f"*filter\n{rule}\nCOMMIT\n")
+    assert e.line == 2 and message in e.message
 
 
 def test_unknown_option_of_known_module() -> None:

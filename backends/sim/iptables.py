@@ -16,7 +16,7 @@ from __future__ import annotations
 import gc
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
@@ -458,17 +458,22 @@ def _iface(text: str) -> Iface:
 def _proto(text: str) -> L4Proto | None:
     key = text.lower()
     if key not in _PROTOCOLS:
-        raise _Refused(f"protocol {text!r} is not modelled by the simulator")
+        named = ", ".join(k for k in _PROTOCOLS if not k.isdigit())
+        raise _Refused(
+            f"protocol {text!r} is unknown or not modelled by the simulator (modelled: {named}, or their numbers)"
+        )
     return _PROTOCOLS[key]
 
 
-def _names(text: str, allowed: Iterable[str], what: str) -> frozenset[str]:
+def _names(text: str, allowed: Sequence[str], what: str) -> frozenset[str]:
     allowed_set = set(allowed)
     out: set[str] = set()
     for part in text.split(","):
         name = part.strip().upper()
         if name not in allowed_set:
-            raise _Refused(f"{what} {part!r} is not modelled by the simulator")
+            raise _Refused(
+                f"{what} {part!r} is unknown or not modelled by the simulator (modelled: {', '.join(allowed)})"
+            )
         out.add(name)
     return frozenset(out)
 
@@ -487,7 +492,7 @@ def _tcp_flags(text: str) -> frozenset[str]:
         elif name in _TCP_FLAGS:
             out.add(name)
         else:
-            raise _Refused(f"TCP flag {part!r} is not modelled by the simulator")
+            raise _Refused(f"TCP flag {part!r} is unknown (iptables knows {', '.join(_TCP_FLAGS)}, ALL, NONE)")
     return frozenset(out)
 
 
@@ -1009,7 +1014,10 @@ def _finish_target(ext: _Ext, info: _RuleInfo) -> Target:
         if ext.has("reject-with"):
             given = ext.value("reject-with")
             if given not in _REJECT_WITH:
-                raise _Refused(f"--reject-with {given!r} is not modelled by the simulator")
+                known = ", ".join(sorted(set(_REJECT_WITH.values())))
+                raise _Refused(
+                    f"--reject-with {given!r} is unknown or not modelled by the simulator (modelled: {known})"
+                )
             with_ = _REJECT_WITH[given]
         if with_ == "tcp-reset" and not info.has_proto("tcp"):
             raise _Refused("--reject-with tcp-reset needs -p tcp")
@@ -1182,7 +1190,8 @@ def _parse_rule_args(
                 generic.append(IfaceMatch("in" if key == "in" else "out", _iface(value), neg))
             elif key == "match":
                 if value not in _MATCH_OPTIONS:
-                    raise _Refused(f"match extension {value!r} is not modelled by the simulator")
+                    known = ", ".join(sorted(_MATCH_OPTIONS))
+                    raise _Refused(f"match extension {value!r} is not modelled by the simulator (modelled: {known})")
                 current = _Ext("match", value, _MATCH_OPTIONS[value])
                 exts.append(current)
             else:  # jump / goto
@@ -1223,8 +1232,16 @@ def _parse_rule_args(
                 exts.append(owner)
         if owner is None:
             if current is not None:
-                raise _Refused(f"option {tok!r} of {current.kind} {current.name!r} is not modelled by the simulator")
-            raise _Refused(f"option {tok!r} is not modelled by the simulator")
+                known = ", ".join(sorted(current.spec))
+                raise _Refused(
+                    f"option {tok!r} of {current.kind} {current.name!r} is unknown or not modelled by the simulator "
+                    f"(modelled: {known})"
+                )
+            # iptables itself refuses an option no loaded extension owns (e.g. --dport without -p tcp).
+            raise _Refused(
+                f"option {tok!r} belongs to no match or target given before it "
+                "(missing -p/-m before it, a typo, or an extension the simulator does not model)"
+            )
         canon, n, invertible = owner.spec[tok]
         if invert and not invertible:
             raise _Refused(f"option {tok} cannot be negated")
@@ -1507,7 +1524,9 @@ def _rule_line(table: Table, line: str, lineno: int) -> None:
         _declare(table, f":{chain_name} -")
         return
     if cmd not in ("-A", "--append", "-I", "--insert"):
-        raise _Refused(f"command {cmd!r} is not modelled by the simulator (only -A and -I)")
+        raise _Refused(
+            f"command {cmd!r} is unknown or not modelled by the simulator (modelled: -A/--append, -I/--insert, -N)"
+        )
     chain = table.chains.get(chain_name)
     if chain is None:
         raise _Refused(f"chain {chain_name!r} does not exist in table {table.name}")
