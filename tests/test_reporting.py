@@ -9,6 +9,7 @@ import re
 import shlex
 import subprocess
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -489,6 +490,259 @@ def test_report_command_exit_codes(known: KnownRun, tmp_path: Path, capsys: pyte
     assert _report(["--baseline", str(tmp_path / "nope.json"), str(good.run_dir)]) == 2
     assert "cannot read" in capsys.readouterr().err
     assert _report(["--baseline", str(good.results_json), "--runs", str(tmp_path / "empty")]) == 2
+
+
+def _report_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run `report` expecting bad input: exit 2 and one error line, no traceback; the message."""
+    assert _report(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("netconformance: error: ") and "Traceback" not in err
+    return err.strip()
+
+
+def test_report_rejects_files_that_are_not_json_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = _results_file(tmp_path / "good.json", [_cell_row("hairpin", "reference", "pass")])
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    err = _report_error(["--baseline", str(binary), str(good)], capsys)
+    assert f"{binary}: not a results file: not UTF-8 text (byte 0xff at offset 0)" in err
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000, encoding="utf-8")
+    err = _report_error(["--baseline", str(good), str(nested)], capsys)
+    assert f"{nested}: not a results file: JSON nested too deeply to read" in err
+
+
+def test_report_rejects_a_run_with_nothing_to_compare(
+    known: KnownRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = _results_file(tmp_path / "good.json", [_cell_row("hairpin", "reference", "pass")])
+    flat = tmp_path / "flat.json"
+    flat.write_text("[]", encoding="utf-8")
+    err = _report_error(["--baseline", str(good), str(flat)], capsys)
+    assert f"{flat}: an empty list: no results, so nothing to compare" in err
+    empty = _results_file(tmp_path / "empty.json", [])
+    err = _report_error(["--baseline", str(good), str(empty)], capsys)
+    assert f"{empty}: results and comparisons are both empty: nothing to compare" in err
+    err = _report_error(["--baseline", str(empty), str(good)], capsys)  # an empty baseline vouches for nothing either
+    assert f"{empty}: results and comparisons are both empty" in err
+    as_object = tmp_path / "object.json"
+    as_object.write_text(json.dumps({"format": FORMAT, "results": {}}), encoding="utf-8")
+    err = _report_error(["--baseline", str(good), str(as_object)], capsys)
+    assert f"{as_object}: results: expected a list, found an object" in err
+
+    # A compare run records no results, only comparisons: that is something to compare.
+    meta = RunMeta(datetime.now(UTC), ("netconformance", "compare"))
+    compared = write_run(tmp_path / "compare", results=[], comparisons=[known.comparison], meta=meta)
+    assert _report(["--baseline", str(compared.results_json), str(compared.run_dir)]) == 0
+    assert "no regression" in capsys.readouterr().out
+
+
+def test_newest_run_is_the_newest_directory_named_like_a_run(
+    known: KnownRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    meta = RunMeta(datetime.now(UTC), ("netconformance", "run"))
+    runs = tmp_path / "runs"
+    older = write_run(runs / "20260101-000000-aaaaaa", results=known.results[:1], meta=meta)
+    newer = write_run(runs / "20260102-000000-pytest-bbbbbb", results=known.results[:1], meta=meta)
+    stray = runs / "zzz-notarun"  # sorts after every run; not one
+    stray.mkdir()
+    (stray / "results.json").write_text("[]", encoding="utf-8")
+    assert _report(["--baseline", str(older.results_json), "--runs", str(runs)]) == 0
+    assert f"run {newer.results_json}" in capsys.readouterr().out
+
+    # The newest run is empty: an error, not a quiet fallback to an older run.
+    latest = runs / "20260103-000000-cccccc"
+    latest.mkdir()
+    (latest / "results.json").write_text("[]", encoding="utf-8")
+    err = _report_error(["--baseline", str(older.results_json), "--runs", str(runs)], capsys)
+    assert f"{latest / 'results.json'}: an empty list" in err
+
+    only_strays = tmp_path / "strays"
+    (only_strays / "zzz-notarun").mkdir(parents=True)
+    (only_strays / "zzz-notarun" / "results.json").write_text("[]", encoding="utf-8")
+    err = _report_error(["--baseline", str(older.results_json), "--runs", str(only_strays)], capsys)
+    assert "ignored zzz-notarun (not named like a run)" in err
+
+
+def _valid_doc() -> dict[str, Any]:
+    """A small results.json with every field load_cells reads: two results (one with a record), one comparison."""
+    record = {
+        "case_id": "c1",
+        "verdict": "pass",
+        "observations": [{"text": "default/pod-a -> 10.96.0.10:80/TCP", "outcomes": [{"p": 1.0, "key": "dropped"}]}],
+    }
+    comparison = {
+        "backends": ["sim", "netns"],
+        "implementation": "reference",
+        "status": "pass",
+        "error": None,
+        "disagreement": None,
+    }
+    return {
+        "format": FORMAT,
+        "run": {},
+        "results": [
+            {**_cell_row("hairpin", "reference", "pass"), "records": [record]},
+            _cell_row("dnat", "reference", "pass"),
+        ],
+        "comparisons": [comparison],
+    }
+
+
+def _row(doc: dict[str, Any], i: int = 0) -> dict[str, Any]:
+    row: dict[str, Any] = doc["results"][i]
+    return row
+
+
+def _outcome(doc: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = _row(doc)["records"][0]["observations"][0]["outcomes"][0]
+    return out
+
+
+def _compared(doc: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = doc["comparisons"][0]
+    return row
+
+
+MALFORMED: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
+    # Statuses and verdicts other than the ones the writers produce (STATUSES, VERDICTS) are damage, not failures.
+    (
+        "status banana",
+        lambda d: _row(d).update(status="banana"),
+        'results[0].status: expected one of "pass", "FAIL", "ERROR", found "banana"',
+    ),
+    (
+        "status PASS",
+        lambda d: _row(d).update(status="PASS"),
+        'results[0].status: expected one of "pass", "FAIL", "ERROR", found "PASS"',
+    ),
+    ("status null", lambda d: _row(d).update(status=None), "results[0].status: expected one of"),
+    (
+        "comparison status",
+        lambda d: _compared(d).update(status="agree"),
+        'comparisons[0].status: expected one of "pass", "FAIL", "ERROR", found "agree"',
+    ),
+    (
+        "record verdict",
+        lambda d: _row(d)["records"][0].update(verdict="PASS"),
+        'results[0].records[0].verdict: expected one of "pass", "fail", found "PASS"',
+    ),
+    # Field types.
+    ("spec null", lambda d: _row(d).update(spec=None), "results[0].spec: expected a non-empty string, found null"),
+    (
+        "spec list",
+        lambda d: _row(d).update(spec=["a"]),
+        "results[0].spec: expected a non-empty string, found a list of 1",
+    ),
+    (
+        "spec missing",
+        lambda d: _row(d, 1).pop("spec"),
+        "results[1].spec: expected a non-empty string, found no such field",
+    ),
+    (
+        "backend empty",
+        lambda d: _row(d).update(backend=""),
+        'results[0].backend: expected a non-empty string, found ""',
+    ),
+    (
+        "violations string",
+        lambda d: _row(d, 1).update(violations="oops"),
+        'results[1].violations: expected a list, found "oops"',
+    ),
+    (
+        "violation number",
+        lambda d: _row(d, 1).update(violations=[7]),
+        "results[1].violations[0]: expected a string, found 7",
+    ),
+    ("error number", lambda d: _row(d, 1).update(error=3), "results[1].error: expected a string, found 3"),
+    ("records null", lambda d: _row(d).update(records=None), "results[0].records: expected a list, found null"),
+    ("row list", lambda d: d["results"].append(["a"]), "results[2]: expected an object, found a list of 1"),
+    (
+        "p null",
+        lambda d: _outcome(d).update(p=None),
+        "results[0].records[0].observations[0].outcomes[0].p: expected a number, found null",
+    ),
+    (
+        "p bool",
+        lambda d: _outcome(d).update(p=True),
+        "results[0].records[0].observations[0].outcomes[0].p: expected a number, found true",
+    ),
+    (
+        "key missing",
+        lambda d: _outcome(d).pop("key"),
+        "results[0].records[0].observations[0].outcomes[0].key: expected a non-empty string, found no such field",
+    ),
+    (
+        "backends string",
+        lambda d: _compared(d).update(backends="ab"),
+        'comparisons[0].backends: expected a list, found "ab"',
+    ),
+    (
+        "backends one",
+        lambda d: _compared(d).update(backends=["sim"]),
+        "comparisons[0].backends: expected [predictor, backend], found a list of 1",
+    ),
+    (
+        "backend null",
+        lambda d: _compared(d).update(backends=["sim", None]),
+        "comparisons[0].backends[1]: expected a non-empty string, found null",
+    ),
+    (
+        "disagreement list",
+        lambda d: _compared(d).update(disagreement=[]),
+        "comparisons[0].disagreement: expected an object, found an empty list",
+    ),
+    ("comparisons null", lambda d: d.update(comparisons=None), "comparisons: expected a list, found null"),
+    (
+        "format v2",
+        lambda d: d.update(format="netconformance.io/results/v2"),
+        f'not a netconformance results file (expected an object with format "{FORMAT}" or the older flat list,'
+        ' found format "netconformance.io/results/v2")',
+    ),
+    # The same cell twice: the second would silently replace the first.
+    (
+        "duplicate cell",
+        lambda d: d["results"].append(dict(_row(d, 1))),
+        "results[2]: dnat / sim / reference is already at results[1]",
+    ),
+    (
+        "duplicate comparison",
+        lambda d: d["comparisons"].append(dict(_compared(d))),
+        "comparisons[1]: compare:sim / netns / reference is already at comparisons[0]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
+def test_report_names_the_malformed_field(
+    change: Callable[[dict[str, Any]], object], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_valid_doc()), encoding="utf-8")
+    assert _report(["--baseline", str(good), str(good)]) == 0  # the premise: unchanged, it reads
+    capsys.readouterr()
+    doc = _valid_doc()
+    change(doc)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc), encoding="utf-8")
+    assert f"{bad}: {message}" in _report_error(["--baseline", str(good), str(bad)], capsys)
+    assert f"{bad}: {message}" in _report_error(["--baseline", str(bad), str(good)], capsys)
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["--baseline", "", "run"], "--baseline"),
+        (["--baseline", "b.json", ""], "run_dir"),
+        (["--baseline", "b.json", "--runs", ""], "--runs"),
+    ],
+)
+def test_report_rejects_empty_paths(argv: list[str], option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # An empty path would mean the current directory: --baseline "" read ./results.json.
+    with pytest.raises(SystemExit) as exit_:
+        _report(argv)
+    assert exit_.value.code == 2
+    assert f"argument {option}: expected a path, found an empty string" in capsys.readouterr().err
 
 
 def test_committed_baseline_is_a_passing_reference_run() -> None:

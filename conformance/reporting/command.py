@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -12,18 +13,34 @@ from conformance.reporting.document import ResultsError
 DEFAULT_RUNS = Path("reports/runs")
 
 
+# A run directory is named <YYYYmmdd-HHMMSS>-<hex id> (cli._run_dir), or <YYYYmmdd-HHMMSS>-pytest-<hex id> (the pytest
+# plugin): the fixed-width time comes first, so sorting the names sorts runs by time, and anything else under the runs
+# directory (a copy, a scratch dir) is not a run to pick.
+RUN_NAME = re.compile(r"\d{8}-\d{6}-(pytest-)?[0-9a-f]+")
+
+
 def newest_run(runs: Path) -> Path:
-    # Run directories are named <YYYYmmdd-HHMMSS>-<id>, so the name orders them by time.
-    found = sorted(p for p in runs.glob("*/results.json"))
+    found = sorted(p.parent for p in runs.glob("*/results.json") if RUN_NAME.fullmatch(p.parent.name))
     if not found:
-        raise ResultsError(f"no run under {runs} (looked for {runs}/*/results.json); give a run directory")
-    return found[-1].parent
+        others = sorted(p.parent.name for p in runs.glob("*/results.json"))
+        ignored = f"; ignored {', '.join(others)} (not named like a run)" if others else ""
+        raise ResultsError(
+            f"no run under {runs} (looked for {runs}/<YYYYmmdd-HHMMSS>-<id>/results.json{ignored}); give a run directory"
+        )
+    return found[-1]
+
+
+def _path(value: str) -> str:
+    """argparse type: a path; an empty one would quietly mean the current directory."""
+    if not value:
+        raise argparse.ArgumentTypeError("expected a path, found an empty string")
+    return value
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """0: no regression, 1: something regressed, 2: a file could not be read."""
+    """0: no regression, 1: something regressed, 2: bad input (a file unreadable, malformed or with nothing in it)."""
     try:
-        run = Path(args.run_dir) if args.run_dir else newest_run(Path(args.runs))
+        run = Path(args.run_dir) if args.run_dir is not None else newest_run(Path(args.runs))
         diff = compare_with_baseline(run, Path(args.baseline))
     except ResultsError as e:
         print(f"netconformance: error: {e}", file=sys.stderr)
@@ -38,9 +55,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "report", help="compare a run with a baseline results.json; exit 1 if anything regressed"
     )
     rep.add_argument(
-        "run_dir", nargs="?", default=None, help=f"a run directory (default: the newest under {DEFAULT_RUNS})"
+        "run_dir",
+        nargs="?",
+        default=None,
+        type=_path,
+        help=f"a run directory (default: the newest under {DEFAULT_RUNS})",
     )
-    rep.add_argument("--baseline", required=True, help="a results.json (or run directory) to compare with")
-    rep.add_argument("--runs", default=str(DEFAULT_RUNS), help=f"where runs are looked for (default: {DEFAULT_RUNS})")
+    rep.add_argument("--baseline", required=True, type=_path, help="a results.json (or run directory) to compare with")
+    rep.add_argument(
+        "--runs", default=str(DEFAULT_RUNS), type=_path, help=f"where runs are looked for (default: {DEFAULT_RUNS})"
+    )
     rep.set_defaults(func=cmd_report)
     return rep

@@ -207,7 +207,7 @@ class Cell:
     spec: str
     backend: str
     implementation: str
-    status: str  # pass | FAIL | ERROR
+    status: str  # one of STATUSES: pass | FAIL | ERROR
     detail: tuple[str, ...]  # violations, or the error
     cases: dict[str, CaseRun]  # case id -> first run of that case
 
@@ -223,48 +223,206 @@ class Cell:
 def load_cells(path: Path) -> list[Cell]:
     """The cells of a results.json (a run's, a committed baseline, or the CLI's older flat list)."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ResultsError(f"{path}: cannot read: {e.strerror or e}") from None
-    except json.JSONDecodeError as e:
+    except UnicodeDecodeError as e:
+        byte = e.object[e.start]
+        raise ResultsError(
+            f"{path}: not a results file: not UTF-8 text (byte 0x{byte:02x} at offset {e.start})"
+        ) from None
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        # json recurses once per level; a results.json nests about a dozen deep.
+        raise ResultsError(f"{path}: not a results file: JSON nested too deeply to read") from None
+    except ValueError as e:  # JSONDecodeError, and also integers too long to convert
         raise ResultsError(f"{path}: not JSON: {e}") from None
     try:
-        if isinstance(doc, list):  # the flat list `netconformance run` wrote before this module
-            return [_cell(row, records=False) for row in doc]
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise ResultsError(f"{path}: not a netconformance results file (expected format {FORMAT!r})")
-        cells = [_cell(row, records=True) for row in doc["results"]]
-        cells += [_comparison_cell(row) for row in doc.get("comparisons", [])]
-        return cells
-    except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, ResultsError):
-            raise
-        raise ResultsError(f"{path}: malformed results ({type(e).__name__}: {e})") from None
+        return _cells(doc)
+    except _Malformed as e:
+        raise ResultsError(f"{path}: {e}") from None
 
 
-def _cell(row: Json, *, records: bool) -> Cell:
+# What the writers above produce: SpecResult.status and comparison_status give a cell's status, record_json a case's
+# verdict. Anything else ("PASS", a typo) is a damaged file, not a failure: it must not read as a regression.
+STATUSES = ("pass", "FAIL", "ERROR")
+VERDICTS = ("pass", "fail")
+
+
+class _Malformed(ValueError):
+    """Where in the document (e.g. results[3].status) and what is wrong there; load_cells adds the file."""
+
+
+_MISSING = object()  # what _at gives for a field the object does not have
+
+
+def _cells(doc: object) -> list[Cell]:
+    placed: list[tuple[str, Cell]] = []
+    if isinstance(doc, list):  # the flat list `netconformance run` wrote before this module
+        placed = [(f"[{i}]", _cell(row, f"[{i}]", records=False)) for i, row in enumerate(doc)]
+        if not placed:
+            raise _Malformed("an empty list: no results, so nothing to compare (a run records at least one)")
+    elif isinstance(doc, dict) and doc.get("format") == FORMAT:
+        results = _list(*_at(doc, "results", ""))
+        # A compare run records no results, only comparisons; older files have no comparisons.
+        comparisons = _list(doc.get("comparisons", []), "comparisons")
+        placed = [(f"results[{i}]", _cell(row, f"results[{i}]", records=True)) for i, row in enumerate(results)]
+        placed += [
+            (f"comparisons[{i}]", _comparison_cell(row, f"comparisons[{i}]")) for i, row in enumerate(comparisons)
+        ]
+        if not placed:
+            raise _Malformed(
+                "results and comparisons are both empty: nothing to compare (a run records at least one of either)"
+            )
+    else:
+        if isinstance(doc, dict):
+            found = f"format {_found(doc['format'])}" if "format" in doc else "an object without a format"
+        else:
+            found = _found(doc)
+        raise _Malformed(
+            f"not a netconformance results file (expected an object with format {json.dumps(FORMAT)}"
+            f" or the older flat list, found {found})"
+        )
+    first: dict[tuple[str, str, str], str] = {}
+    for where, cell in placed:
+        # One cell per spec x backend x implementation; a second would silently replace the first in the diff.
+        if cell.key in first:
+            raise _Malformed(f"{where}: {cell.label} is already at {first[cell.key]} (a cell may appear only once)")
+        first[cell.key] = where
+    return [cell for _, cell in placed]
+
+
+def _cell(value: object, where: str, *, records: bool) -> Cell:
+    row = _object(value, where)
     cases: dict[str, CaseRun] = {}
-    for rec in row["records"] if records else []:
-        cid = str(rec["case_id"])
-        if cid in cases:
-            continue  # Hypothesis may run a case twice; the first run stands for it
-        outcomes = {
-            str(obs["text"]): frozenset(str(o["key"]) for o in obs["outcomes"] if float(o["p"]) > 0)
-            for obs in rec["observations"]
-        }
-        cases[cid] = CaseRun(cid, str(rec["verdict"]), outcomes)
-    status = str(row["status"])
-    detail = [str(v) for v in row.get("violations") or []] + ([str(row["error"])] if row.get("error") else [])
-    return Cell(str(row["spec"]), str(row["backend"]), str(row["implementation"]), status, tuple(detail), cases)
+    for i, rec in enumerate(_list(*_at(row, "records", where)) if records else []):
+        case = _case(rec, f"{where}.records[{i}]")
+        cases.setdefault(case.case_id, case)  # Hypothesis may run a case twice; the first run stands for it
+    return Cell(
+        _string(*_at(row, "spec", where)),
+        _string(*_at(row, "backend", where)),
+        _string(*_at(row, "implementation", where)),
+        _choice(*_at(row, "status", where), STATUSES),
+        tuple(_violations(row, where) + _error(row, where)),
+        cases,
+    )
 
 
-def _comparison_cell(row: Json) -> Cell:
-    predictor, backend = (str(b) for b in row["backends"])
+def _case(value: object, where: str) -> CaseRun:
+    rec = _object(value, where)
+    outcomes: dict[str, frozenset[str]] = {}  # probe text -> outcome keys with p > 0
+    for i, item in enumerate(_list(*_at(rec, "observations", where))):
+        at = f"{where}.observations[{i}]"
+        obs = _object(item, at)
+        seen: set[str] = set()
+        for j, entry in enumerate(_list(*_at(obs, "outcomes", at))):
+            outcome = _object(entry, f"{at}.outcomes[{j}]")
+            key = _string(*_at(outcome, "key", f"{at}.outcomes[{j}]"))
+            if _number(*_at(outcome, "p", f"{at}.outcomes[{j}]")) > 0:
+                seen.add(key)
+        outcomes[_string(*_at(obs, "text", at))] = frozenset(seen)
+    return CaseRun(_string(*_at(rec, "case_id", where)), _choice(*_at(rec, "verdict", where), VERDICTS), outcomes)
+
+
+def _comparison_cell(value: object, where: str) -> Cell:
+    row = _object(value, where)
+    backends = _list(*_at(row, "backends", where))
+    if len(backends) != 2:
+        raise _Malformed(f"{where}.backends: expected [predictor, backend], found {_found(backends)}")
+    predictor, backend = (_string(b, f"{where}.backends[{i}]") for i, b in enumerate(backends))
     detail: list[str] = []
-    if row.get("disagreement"):
-        d = row["disagreement"]
-        seen = [str(o["key"]) for o in d["observed"]["outcomes"]]
-        detail.append(f"{d['text']}: {backend} observed {', '.join(seen) or 'nothing'}, not predicted by {predictor}")
-    if row.get("error"):
-        detail.append(str(row["error"]))
-    return Cell(f"compare:{predictor}", backend, str(row["implementation"]), str(row["status"]), tuple(detail), {})
+    if row.get("disagreement") is not None:
+        d = _object(row["disagreement"], f"{where}.disagreement")
+        observed = _object(*_at(d, "observed", f"{where}.disagreement"))
+        outcomes = _list(*_at(observed, "outcomes", f"{where}.disagreement.observed"))
+        at = f"{where}.disagreement.observed.outcomes"
+        seen = [_string(*_at(_object(o, f"{at}[{i}]"), "key", f"{at}[{i}]")) for i, o in enumerate(outcomes)]
+        text = _string(*_at(d, "text", f"{where}.disagreement"))
+        detail.append(f"{text}: {backend} observed {', '.join(seen) or 'nothing'}, not predicted by {predictor}")
+    detail += _error(row, where)
+    return Cell(
+        f"compare:{predictor}",
+        backend,
+        _string(*_at(row, "implementation", where)),
+        _choice(*_at(row, "status", where), STATUSES),
+        tuple(detail),
+        {},
+    )
+
+
+def _violations(row: Json, where: str) -> list[str]:
+    if "violations" not in row:  # optional: absent means none
+        return []
+    items = _list(row["violations"], f"{where}.violations")
+    return [_text(v, f"{where}.violations[{i}]") for i, v in enumerate(items)]
+
+
+def _error(row: Json, where: str) -> list[str]:
+    error = row.get("error")  # optional; null means none
+    if error is None:
+        return []
+    return [_text(error, f"{where}.error")] if error else []
+
+
+# Typed access: each returns the value as the type it must be, or raises naming the place, the expectation, and what
+# was there instead.
+
+
+def _at(obj: Json, name: str, where: str) -> tuple[object, str]:
+    """A field's value (or _MISSING) and its place, ready to unpack into a checker below."""
+    return obj.get(name, _MISSING), f"{where}.{name}" if where else name
+
+
+def _object(value: object, where: str) -> Json:
+    if not isinstance(value, dict):
+        raise _Malformed(f"{where}: expected an object, found {_found(value)}")
+    return value
+
+
+def _list(value: object, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _Malformed(f"{where}: expected a list, found {_found(value)}")
+    return value
+
+
+def _text(value: object, where: str) -> str:
+    if not isinstance(value, str):
+        raise _Malformed(f"{where}: expected a string, found {_found(value)}")
+    return value
+
+
+def _string(value: object, where: str) -> str:
+    """A name (spec, backend, case id, probe text, outcome key): a non-empty string."""
+    if not isinstance(value, str) or not value:
+        raise _Malformed(f"{where}: expected a non-empty string, found {_found(value)}")
+    return value
+
+
+def _number(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Malformed(f"{where}: expected a number, found {_found(value)}")
+    return float(value)
+
+
+def _choice(value: object, where: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        expected = ", ".join(json.dumps(c) for c in choices)
+        raise _Malformed(f"{where}: expected one of {expected}, found {_found(value)}")
+    return value
+
+
+def _found(value: object) -> str:
+    """What was there instead, short: the value itself for scalars, the kind for containers."""
+    if value is _MISSING:
+        return "no such field"
+    if isinstance(value, str):
+        text = json.dumps(value)
+        return text if len(text) <= 60 else text[:56] + '..."'
+    if value is None or isinstance(value, bool | int | float):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return f"a list of {len(value)}" if value else "an empty list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
