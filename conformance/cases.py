@@ -2,23 +2,43 @@
 
 A case file is a scenario file (see `conformance.loader`) with one extra
 document, ``kind: ProbeList``, so every failure can be saved and replayed on
-any backend with one command.
+any backend with one command. Corpus files (`conformance.reporting.corpus`)
+add a ``kind: CorpusEntry`` document about the case, which is not part of it.
+
+Case files are read as strictly as scenario files: duplicate keys, unknown
+fields, probes from sources the scenario lacks and probes no backend can send
+are errors naming the file, the document (numbered as in the file), the field
+and what was expected.
 """
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from ipaddress import IPv4Address
 from pathlib import Path
 
 import yaml
 
-from conformance.loader import ScenarioError, dump_scenario, parse_scenario
-from conformance.model import PROTOCOLS, Scenario
+from conformance.loader import Ctx, ScenarioError, dump_scenario, parse_documents, read_documents
+from conformance.model import Protocol, Scenario
 from conformance.probes import Probe
 
 PROBES_API = "netconformance.io/v1"
+PROBE_LIST = "ProbeList"
+CORPUS_ENTRY = "CorpusEntry"
+# The fields of a CorpusEntry (reporting.corpus._FIELDS, which checks their
+# values; it imports this module, so the list is repeated here, and a test
+# keeps the two equal).
+CORPUS_FIELDS = ("apiVersion", "kind", "spec", "implementation", "expect", "found", "source", "note")
+_PROBE_LIST_FIELDS = ("apiVersion", "kind", "probes")
+_PROBE_FIELDS = ("source", "destination", "port", "protocol")
+# SCTP is a valid Service/Pod protocol, but no backend can send an SCTP probe
+# (the simulator, netns, docker and kind all probe TCP and UDP only).
+PROBE_PROTOCOLS: tuple[Protocol, ...] = ("TCP", "UDP")
+# Known sources shown in an error; a big scenario's full list would bury the message.
+_MAX_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -33,51 +53,103 @@ def dump_case(case: Case) -> str:
     probes = [
         {"source": p.source, "destination": str(p.dst), "port": p.port, "protocol": p.protocol} for p in case.probes
     ]
-    doc = {"apiVersion": PROBES_API, "kind": "ProbeList", "probes": probes}
+    doc = {"apiVersion": PROBES_API, "kind": PROBE_LIST, "probes": probes}
     return dump_scenario(case.scenario) + yaml.safe_dump(doc, explicit_start=True, sort_keys=False)
 
 
+def probe_sources(scenario: Scenario) -> tuple[str, ...]:
+    """Every probe source a dataplane of `scenario` has (as `implementations.wiring.sources`)."""
+    return (
+        "external",
+        *(f"node:{n.name}" for n in scenario.nodes),
+        *(f"pod:{p.ref}" for p in scenario.pods),
+    )
+
+
 def parse_case(text: str, *, source: str) -> Case:
-    try:
-        docs = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as e:
-        raise ScenarioError(f"{source}: not valid YAML: {e}") from None
-    probe_docs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "ProbeList"]
-    # Corpus files carry a CorpusEntry document about the case: not part of it.
-    rest = [d for d in docs if not (isinstance(d, dict) and d.get("kind") in ("ProbeList", "CorpusEntry"))]
-    scenario = parse_scenario(yaml.safe_dump_all(rest, sort_keys=False), source=source)
-    probes: list[Probe] = []
-    for doc in probe_docs:
-        items = doc.get("probes")
-        if not isinstance(items, list):
-            raise ScenarioError(f"{source}: ProbeList: probes: expected a list of probes")
-        for i, item in enumerate(items):
-            probes.append(_probe(item, f"{source}: ProbeList: probes[{i}]"))
-    return Case(scenario, tuple(probes))
+    """Parse a case file's text; `source` names the input in error messages."""
+    docs = read_documents(text, source)
+    probe_lists: list[tuple[int, object]] = []
+    corpus_entry: int | None = None
+    # The scenario gets every other document; None keeps the numbering of the file.
+    scenario_docs: list[object] = list(docs)
+    for d, doc in enumerate(docs, start=1):
+        kind = doc.get("kind") if isinstance(doc, dict) else None
+        if kind == PROBE_LIST:
+            probe_lists.append((d, doc))
+            scenario_docs[d - 1] = None
+        elif kind == CORPUS_ENTRY:
+            ctx = Ctx(source, f"document {d} ({CORPUS_ENTRY})")
+            if corpus_entry is not None:
+                ctx.fail("", f"only one {CORPUS_ENTRY} is allowed per file (document {corpus_entry} is one)")
+            corpus_entry = d
+            _check_header(ctx, doc, CORPUS_ENTRY, CORPUS_FIELDS)
+            scenario_docs[d - 1] = None
+    handled = ((PROBES_API, PROBE_LIST), (PROBES_API, CORPUS_ENTRY))
+    scenario = parse_documents(scenario_docs, source=source, handled=handled)
+
+    # A case without probes would "hold" for every spec without judging anything.
+    if not probe_lists:
+        raise ScenarioError(
+            f"{source}: no {PROBE_LIST} document: a case needs one "
+            f"(apiVersion: {PROBES_API}, kind: {PROBE_LIST}) with at least one probe"
+        )
+    (d, doc), *more = probe_lists
+    if more:
+        raise ScenarioError(
+            f"{source}: document {more[0][0]} ({PROBE_LIST}): only one {PROBE_LIST} is allowed per case "
+            f"(document {d} is one)"
+        )
+    ctx = Ctx(source, f"document {d} ({PROBE_LIST})")
+    obj = _check_header(ctx, doc, PROBE_LIST, _PROBE_LIST_FIELDS)
+    items = ctx.list(ctx.required(obj, "probes", "", "a list of probes"), "probes")
+    if not items:
+        ctx.fail("probes", "expected at least one probe (a case without probes judges nothing)")
+    sources = probe_sources(scenario)
+    probes = tuple(_probe(ctx, item, f"probes[{i}]", sources) for i, item in enumerate(items))
+    return Case(scenario, probes)
 
 
-def _probe(item: object, where: str) -> Probe:
-    if not isinstance(item, dict) or set(item) - {"source", "destination", "port", "protocol"}:
-        raise ScenarioError(f"{where}: expected a mapping with source, destination, port, protocol")
-    source = item.get("source")
-    if not isinstance(source, str) or not (source.startswith(("pod:", "node:")) or source == "external"):
-        raise ScenarioError(f"{where}.source: expected 'pod:<ns>/<name>', 'node:<name>' or 'external', got {source!r}")
-    try:
-        dst = IPv4Address(str(item.get("destination")))
-    except ValueError:
-        raise ScenarioError(f"{where}.destination: expected an IPv4 address, got {item.get('destination')!r}") from None
-    port = item.get("port")
-    if not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ScenarioError(f"{where}.port: expected an integer 1-65535, got {port!r}")
-    protocol = item.get("protocol", "TCP")
-    if protocol not in PROTOCOLS:
-        raise ScenarioError(f"{where}.protocol: expected one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    return Probe(source, dst, port, protocol)
+def _check_header(ctx: Ctx, doc: object, kind: str, allowed: Sequence[str]) -> dict[str, object]:
+    """A case document's apiVersion and fields, checked as the loader checks scenario objects."""
+    if not isinstance(doc, dict):  # for mypy: callers only pass mappings
+        ctx.fail("", f"expected a mapping with apiVersion and kind {kind}")
+    api = ctx.string(ctx.required(doc, "apiVersion", "", f"apiVersion {PROBES_API}"), "apiVersion")
+    if api != PROBES_API:
+        ctx.fail("apiVersion", f"{kind} needs apiVersion {PROBES_API}, got {api!r}")
+    return ctx.mapping(doc, "", allowed)
+
+
+def _probe(ctx: Ctx, item: object, path: str, sources: Sequence[str]) -> Probe:
+    if item is None:  # ctx.mapping would take null for an empty mapping
+        ctx.fail(path, f"expected a probe (a mapping with {', '.join(_PROBE_FIELDS)}), got null")
+    m = ctx.mapping(item, path, _PROBE_FIELDS)
+    what = "a probe source (external, node:<name> or pod:<namespace>/<name>)"
+    source = ctx.string(ctx.required(m, "source", path, what), f"{path}.source", what)
+    if source not in sources:
+        hint = difflib.get_close_matches(source, sources, n=1)
+        did = f"did you mean '{hint[0]}'? " if hint else ""
+        shown = ", ".join(sources[:_MAX_SHOWN])
+        if len(sources) > _MAX_SHOWN:
+            shown += f", ... ({len(sources) - _MAX_SHOWN} more)"
+        ctx.fail(f"{path}.source", f"{source!r} is not a pod or node of the scenario ({did}known sources: {shown})")
+    dst = ctx.ip(ctx.required(m, "destination", path, "an IPv4 address"), f"{path}.destination")
+    port = ctx.integer(ctx.required(m, "port", path, "an integer 1-65535"), f"{path}.port", 1, 65535)
+    protocol = m.get("protocol", "TCP")
+    if protocol == "SCTP":
+        ctx.fail(
+            f"{path}.protocol",
+            f"SCTP probes are not supported by any backend: expected one of {', '.join(PROBE_PROTOCOLS)}",
+        )
+    return Probe(source, dst, port, ctx.choice(protocol, f"{path}.protocol", PROBE_PROTOCOLS))
 
 
 def load_case(path: str | Path) -> Case:
+    """Load a case file; errors are `ScenarioError` naming the file."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ScenarioError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ScenarioError(f"{path}: not UTF-8 text: {e.reason} at byte {e.start}") from None
     return parse_case(text, source=str(path))

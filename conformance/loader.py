@@ -55,7 +55,15 @@ from conformance.model import (
     labels,
 )
 
-__all__ = ["ScenarioError", "dump_scenario", "load_scenario", "parse_scenario"]
+__all__ = [
+    "Ctx",
+    "ScenarioError",
+    "dump_scenario",
+    "load_scenario",
+    "parse_documents",
+    "parse_scenario",
+    "read_documents",
+]
 
 _T = TypeVar("_T")
 
@@ -124,7 +132,8 @@ class _StrictLoader(_SafeLoader):  # type: ignore[misc,valid-type]
         return mapping
 
 
-def _read_documents(text: str, source: str) -> list[object]:
+def read_documents(text: str, source: str) -> list[object]:
+    """Every YAML document of `text`, duplicate keys rejected; errors give line and column."""
     try:
         return list(yaml.load_all(text, Loader=_StrictLoader))
     except yaml.MarkedYAMLError as e:
@@ -156,8 +165,11 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-class _Ctx:
-    """Where we are: the file and the object, for error messages."""
+class Ctx:
+    """Where we are: the file and the object, for error messages.
+
+    Also used by `conformance.cases` for the documents a case file adds.
+    """
 
     def __init__(self, source: str, obj: str) -> None:
         self.source = source
@@ -275,7 +287,7 @@ class _Ctx:
         return k
 
 
-def _annotations(ctx: _Ctx, meta: dict[str, object], known: dict[str, tuple[str, str]]) -> dict[str, bool]:
+def _annotations(ctx: Ctx, meta: dict[str, object], known: dict[str, tuple[str, str]]) -> dict[str, bool]:
     """Knob annotations: {key: (true text, false text)} -> {key: value}."""
     raw = ctx.mapping(meta.get("annotations"), "metadata.annotations", sorted(known))
     out: dict[str, bool] = {}
@@ -309,8 +321,10 @@ class _Collected:
         self.node_cidr = Scenario.node_cidr
 
 
-def _parse_object(source: str, where: str, doc: object, out: _Collected) -> None:
-    ctx = _Ctx(source, where)
+def _parse_object(
+    source: str, where: str, doc: object, out: _Collected, handled: Sequence[tuple[str, str]] = ()
+) -> None:
+    ctx = Ctx(source, where)
     if not isinstance(doc, dict):
         ctx.fail(
             "",
@@ -324,8 +338,12 @@ def _parse_object(source: str, where: str, doc: object, out: _Collected) -> None
         same_kind = [a for a, k in _KINDS if k == kind]
         if same_kind:
             ctx.fail("apiVersion", f"{kind} needs apiVersion {same_kind[0]}, got {api!r}")
-        known = ", ".join(f"{a} {k}" for a, k in _KINDS)
-        ctx.fail("kind", f"unknown kind {kind!r} (expected one of: {known})")
+        # `handled`: kinds the caller reads itself (a case file's ProbeList), named so a typo finds them.
+        kinds = (*_KINDS, *handled)
+        hint = difflib.get_close_matches(kind, [k for _, k in kinds], n=1)
+        did = f"did you mean '{hint[0]}'? " if hint else ""
+        known = ", ".join(f"{a} {k}" for a, k in kinds)
+        ctx.fail("kind", f"unknown kind {kind!r} ({did}expected one of: {known})")
 
     # Name the object as soon as we can, so later errors say which one it is.
     meta_fields = {
@@ -409,7 +427,7 @@ def _object_label(where: str, kind: str, metadata: object) -> str:
     return f"{where} ({kind})"
 
 
-def _parse_node(ctx: _Ctx, name: str, meta: dict[str, object], obj: dict[str, object]) -> Node:
+def _parse_node(ctx: Ctx, name: str, meta: dict[str, object], obj: dict[str, object]) -> Node:
     knobs = _annotations(ctx, meta, {ANN_HAIRPIN: ("true", "false"), ANN_BRIDGE_NF: ("1", "0")})
     spec = ctx.mapping(obj.get("spec"), "spec", ("podCIDR",))
     pod_cidr = ctx.cidr(ctx.required(spec, "podCIDR", "spec", "an IPv4 CIDR"), "spec.podCIDR")
@@ -437,7 +455,7 @@ def _parse_node(ctx: _Ctx, name: str, meta: dict[str, object], obj: dict[str, ob
     )
 
 
-def _parse_pod(ctx: _Ctx, namespace: str, name: str, meta: dict[str, object], obj: dict[str, object]) -> Pod:
+def _parse_pod(ctx: Ctx, namespace: str, name: str, meta: dict[str, object], obj: dict[str, object]) -> Pod:
     pod_labels = ctx.labels(meta.get("labels"), "metadata.labels")
     knobs = _annotations(ctx, meta, {ANN_ACCEPT_LOCAL: ("1", "0")})
     spec = ctx.mapping(obj.get("spec"), "spec", ("nodeName", "containers"))
@@ -479,11 +497,11 @@ def _parse_pod(ctx: _Ctx, namespace: str, name: str, meta: dict[str, object], ob
     )
 
 
-def _protocol(ctx: _Ctx, entry: dict[str, object], path: str) -> Protocol:
+def _protocol(ctx: Ctx, entry: dict[str, object], path: str) -> Protocol:
     return ctx.choice(entry.get("protocol", "TCP"), f"{path}.protocol", PROTOCOLS)
 
 
-def _parse_service(ctx: _Ctx, namespace: str, name: str, obj: dict[str, object]) -> Service:
+def _parse_service(ctx: Ctx, namespace: str, name: str, obj: dict[str, object]) -> Service:
     spec = ctx.mapping(
         obj.get("spec"),
         "spec",
@@ -550,7 +568,7 @@ def _parse_service(ctx: _Ctx, namespace: str, name: str, obj: dict[str, object])
     )
 
 
-def _parse_selector(ctx: _Ctx, value: object, path: str) -> LabelSelector:
+def _parse_selector(ctx: Ctx, value: object, path: str) -> LabelSelector:
     m = ctx.mapping(value, path, ("matchLabels", "matchExpressions"))
     match_labels = ctx.labels(m.get("matchLabels"), f"{path}.matchLabels")
     exprs: list[Requirement] = []
@@ -575,7 +593,7 @@ def _parse_selector(ctx: _Ctx, value: object, path: str) -> LabelSelector:
     return LabelSelector(match_labels, tuple(exprs))
 
 
-def _parse_policy(ctx: _Ctx, namespace: str, name: str, obj: dict[str, object]) -> NetworkPolicy:
+def _parse_policy(ctx: Ctx, namespace: str, name: str, obj: dict[str, object]) -> NetworkPolicy:
     spec = ctx.mapping(obj.get("spec"), "spec", ("podSelector", "policyTypes", "ingress", "egress"))
     pod_selector = _parse_selector(ctx, spec.get("podSelector"), "spec.podSelector")
     ingress = tuple(
@@ -605,7 +623,7 @@ def _parse_policy(ctx: _Ctx, namespace: str, name: str, obj: dict[str, object]) 
     )
 
 
-def _parse_rule(ctx: _Ctx, value: object, path: str, peers_key: str) -> PolicyRule:
+def _parse_rule(ctx: Ctx, value: object, path: str, peers_key: str) -> PolicyRule:
     m = ctx.mapping(value, path, (peers_key, "ports"))
     peers = tuple(
         _parse_peer(ctx, raw, f"{path}.{peers_key}[{i}]")
@@ -633,7 +651,7 @@ def _parse_rule(ctx: _Ctx, value: object, path: str, peers_key: str) -> PolicyRu
     return PolicyRule(peers, tuple(ports))
 
 
-def _parse_peer(ctx: _Ctx, value: object, path: str) -> PolicyPeer:
+def _parse_peer(ctx: Ctx, value: object, path: str) -> PolicyPeer:
     m = ctx.mapping(value, path, ("podSelector", "namespaceSelector", "ipBlock"))
     if not m:
         ctx.fail(path, "expected podSelector, namespaceSelector or ipBlock")
@@ -797,18 +815,28 @@ def _check(s: Scenario, source: str) -> None:
 
 def parse_scenario(text: str, *, source: str) -> Scenario:
     """Parse scenario YAML; `source` names the input in error messages."""
+    return parse_documents(read_documents(text, source), source=source)
+
+
+def parse_documents(documents: Sequence[object], *, source: str, handled: Sequence[tuple[str, str]] = ()) -> Scenario:
+    """The scenario in documents from `read_documents`.
+
+    A caller that reads some documents itself (a case file's ProbeList) passes
+    None in their place, so errors still give each document's number in the
+    file, and names their (apiVersion, kind) in `handled` for unknown-kind errors.
+    """
     out = _Collected()
-    for d, doc in enumerate(_read_documents(text, source), start=1):
+    for d, doc in enumerate(documents, start=1):
         if doc is None:
             continue  # an empty document, e.g. after a trailing '---'
         if isinstance(doc, dict) and doc.get("kind") == "List":
-            ctx = _Ctx(source, f"document {d} (List)")
+            ctx = Ctx(source, f"document {d} (List)")
             lst = ctx.mapping(doc, "", ("apiVersion", "kind", "metadata", "items"))
             ctx.choice(lst.get("apiVersion"), "apiVersion", ("v1",))
             for i, item in enumerate(ctx.list(lst.get("items"), "items")):
                 _parse_object(source, f"document {d} items[{i}]", item, out)
         else:
-            _parse_object(source, f"document {d}", doc, out)
+            _parse_object(source, f"document {d}", doc, out, handled)
 
     scenario = Scenario(
         nodes=tuple(out.nodes),

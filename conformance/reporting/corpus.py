@@ -31,7 +31,7 @@ import yaml
 from backends import Backend
 from conformance.cases import Case, dump_case, parse_case
 from conformance.implementations import REFERENCE, Implementation, get_implementation
-from conformance.loader import ScenarioError
+from conformance.loader import ScenarioError, read_documents
 from conformance.probes import Observation
 from conformance.runner import replay, run_spec
 from conformance.specs import Spec
@@ -104,11 +104,12 @@ def add_to_corpus(
 def read_entry(path: Path) -> CorpusEntry:
     where = str(path)
     try:
-        docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ScenarioError(f"{where}: cannot read: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise ScenarioError(f"{where}: not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ScenarioError(f"{where}: not UTF-8 text: {e.reason} at byte {e.start}") from None
+    docs = read_documents(text, where)  # strict: a duplicate key is an error with its line
     metas = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
     if len(metas) != 1:
         raise ScenarioError(f"{where}: expected exactly one kind: {KIND} document, found {len(metas)}")
@@ -127,8 +128,7 @@ def read_entry(path: Path) -> CorpusEntry:
         raise ScenarioError(f"{where}: {KIND}.source: expected one of {list(SOURCES)}, got {meta.get('source')!r}")
     if not isinstance(meta.get("found"), date):
         raise ScenarioError(f"{where}: {KIND}.found: expected a date (YYYY-MM-DD), got {meta.get('found')!r}")
-    rest = [d for d in docs if d is not meta]
-    case = parse_case(yaml.safe_dump_all(rest, sort_keys=False), source=where)
+    case = parse_case(text, source=where)  # the whole file, so errors number documents as they are in it
     return CorpusEntry(
         path=path,
         case=case,
