@@ -128,14 +128,24 @@ def _missing_jumps(ruleset: Ruleset, origin: From) -> list[str]:
     return out
 
 
+def _underlay(q: Query) -> IPv4Network:
+    """The network on eth0: the first --local-ip's /24."""
+    return IPv4Network(f"{q.local_ips[0]}/24", strict=False)
+
+
+def _bridge_ip(q: Query) -> IPv4Address:
+    """cni0's address: the --local-ip inside the pod CIDR if one is given, else the CIDR's first host."""
+    inside = [ip for ip in q.local_ips if ip in q.pod_cidr]
+    return inside[0] if inside else next(iter(q.pod_cidr.hosts()))
+
+
 def _dataplane(q: Query, ruleset: Ruleset) -> Dataplane:
     first = q.local_ips[0]
-    underlay = IPv4Network(f"{first}/24", strict=False)
+    underlay = _underlay(q)
     gateway = next(h for h in underlay.hosts() if h not in q.local_ips and h != q.src)
-    in_pod_cidr = [ip for ip in q.local_ips if ip in q.pod_cidr]
-    bridge_ip = in_pod_cidr[0] if in_pod_cidr else next(iter(q.pod_cidr.hosts()))
+    bridge_ip = _bridge_ip(q)
     node_addrs: list[tuple[str, IPv4Interface]] = [("eth0", IPv4Interface(f"{first}/24"))]
-    node_addrs += [("eth0", IPv4Interface(f"{ip}/32")) for ip in q.local_ips[1:] if ip not in in_pod_cidr]
+    node_addrs += [("eth0", IPv4Interface(f"{ip}/32")) for ip in q.local_ips[1:] if ip not in q.pod_cidr]
     node_addrs.append(("cni0", IPv4Interface(f"{bridge_ip}/{q.pod_cidr.prefixlen}")))
     links = [Link("cni0", "bridge"), Link("eth0", "veth", OUTSIDE, "eth0")]
     namespaces: list[NetnsConfig] = []
@@ -189,15 +199,109 @@ def _dataplane(q: Query, ruleset: Ruleset) -> Dataplane:
     return Dataplane((node, outside, *namespaces))
 
 
-def _check(q: Query) -> None:
+# Addresses no one host can have: Linux's martian source classes
+# (ipv4_is_zeronet, _loopback, _multicast, _lbcast). A connection's --dst is
+# one host too, so they are refused there as well (loopback apart, see _check).
+_NOT_UNICAST = (
+    (IPv4Network("0.0.0.0/8"), '"this network" 0.0.0.0/8'),
+    (IPv4Network("127.0.0.0/8"), "loopback 127.0.0.0/8"),
+    (IPv4Network("224.0.0.0/4"), "multicast 224.0.0.0/4"),
+    (IPv4Network("255.255.255.255/32"), "the limited broadcast address"),
+)
+
+
+def _not_unicast(ip: IPv4Address) -> str | None:
+    return next((what for net, what in _NOT_UNICAST if ip in net), None)
+
+
+def _edge(ip: IPv4Address, net: IPv4Network, name: str) -> str | None:
+    """What ip is if it is the network or broadcast address of net (which no host may have)."""
+    if net.prefixlen <= 30 and ip == net.network_address:
+        return f"the network address of {name} {net}"
+    if net.prefixlen <= 30 and ip == net.broadcast_address:
+        return f"the broadcast address of {name} {net}"
+    return None
+
+
+def _check_node(q: Query) -> None:
+    """--local-ip and --pod-cidr against the node _dataplane builds from them."""
     if not q.local_ips:
         raise TraceError("--local-ip: give at least one address of the node")
-    if q.origin == "pod" and q.src not in q.pod_cidr:
-        raise TraceError(f"--src {q.src}: a pod source must be inside --pod-cidr {q.pod_cidr}")
-    if q.origin == "node" and q.src not in q.local_ips and q.src not in q.pod_cidr:
-        raise TraceError(f"--src {q.src}: a node source must be one of --local-ip ({', '.join(map(str, q.local_ips))})")
-    if q.origin == "external" and (q.src in q.local_ips or q.src in q.pod_cidr):
-        raise TraceError(f"--src {q.src}: an external source must be outside the node and the pod CIDR")
+    for i, ip in enumerate(q.local_ips):
+        if ip in q.local_ips[:i]:
+            raise TraceError(f"--local-ip {ip}: given twice")
+        if (what := _not_unicast(ip)) is not None:
+            raise TraceError(f"--local-ip {ip}: is {what}; expected a unicast address of the node")
+    cidr, underlay = q.pod_cidr, _underlay(q)
+    if cidr.prefixlen == 0:
+        raise TraceError(f"--pod-cidr {cidr}: covers every address; expected the node's pod range, e.g. 10.244.1.0/24")
+    if cidr.prefixlen > 30:
+        raise TraceError(
+            f"--pod-cidr {cidr}: no room for the bridge cni0 and a pod; expected a prefix of /30 or shorter"
+        )
+    for net, what in _NOT_UNICAST:
+        if cidr.overlaps(net):
+            raise TraceError(f"--pod-cidr {cidr}: overlaps {what}; expected a range of unicast addresses")
+    if cidr.overlaps(underlay):
+        raise TraceError(
+            f"--pod-cidr {cidr}: overlaps the node's network {underlay} on eth0 (the first --local-ip "
+            f"{q.local_ips[0]} with a /24); expected a pod range apart from it"
+        )
+    for ip in q.local_ips:
+        if (what := _edge(ip, underlay, "the node's network on eth0")) is not None:
+            raise TraceError(f"--local-ip {ip}: is {what}; expected a host address")
+    # A --local-ip inside the pod CIDR is not an error: _dataplane takes it as
+    # cni0's address (the node does own its bridge's address, and a user may
+    # list every address of the node). Only one can be that, and it must be a host.
+    inside = [ip for ip in q.local_ips if ip in cidr]
+    if len(inside) > 1:
+        raise TraceError(
+            f"--local-ip {inside[1]}: a second address inside --pod-cidr {cidr} (after {inside[0]}); "
+            "expected at most one, the bridge cni0's address: the rest of the pod CIDR belongs to pods"
+        )
+    for ip in inside:
+        if (what := _edge(ip, cidr, "--pod-cidr")) is not None:
+            raise TraceError(f"--local-ip {ip}: is {what}; expected a host address for the bridge cni0")
+
+
+def _check(q: Query) -> None:
+    _check_node(q)
+    bridge = _bridge_ip(q)
+    local_ips = ", ".join(map(str, q.local_ips))
+    if q.origin == "pod":
+        if q.src not in q.pod_cidr:
+            raise TraceError(f"--src {q.src}: a pod source must be inside --pod-cidr {q.pod_cidr}")
+        if q.src == bridge:
+            how = "given as --local-ip" if bridge in q.local_ips else "the first host of --pod-cidr"
+            raise TraceError(
+                f"--src {q.src}: is the bridge cni0's address ({how}), the pods' gateway, not a pod's; "
+                f"expected another host of --pod-cidr {q.pod_cidr}"
+            )
+        if (what := _edge(q.src, q.pod_cidr, "--pod-cidr")) is not None:
+            raise TraceError(f"--src {q.src}: is {what}, not a pod's; expected a host address")
+    # The node owns cni0's address as well as its --local-ip addresses: it is
+    # the source the kernel picks for the node's own connections to its pods,
+    # and kube-proxy's rules treat it differently (it is inside the cluster
+    # CIDR, so not masqueraded). Any other pod-CIDR address is a pod's.
+    if q.origin == "node" and q.src not in q.local_ips and q.src != bridge:
+        raise TraceError(
+            f"--src {q.src}: a node source must be one of --local-ip ({local_ips}) "
+            f"or the bridge cni0's address {bridge}"
+        )
+    if q.origin == "external":
+        if q.src in q.local_ips or q.src in q.pod_cidr:
+            raise TraceError(f"--src {q.src}: an external source must be outside the node and the pod CIDR")
+        if (what := _not_unicast(q.src) or _edge(q.src, _underlay(q), "the node's network on eth0")) is not None:
+            raise TraceError(f"--src {q.src}: is {what}; expected a unicast address of a host outside the node")
+    # Loopback is a destination one can dial: from the node it reaches kube-proxy's
+    # localhost NodePorts; from a pod or outside it stays there (see _result).
+    dst_what = (
+        (None if q.dst.is_loopback else _not_unicast(q.dst))
+        or _edge(q.dst, q.pod_cidr, "--pod-cidr")
+        or _edge(q.dst, _underlay(q), "the node's network on eth0")
+    )
+    if dst_what is not None:
+        raise TraceError(f"--dst {q.dst}: is {dst_what}; expected the unicast address of one host")
     if not 1 <= q.dport <= 65535:
         raise TraceError(f"--dport {q.dport}: expected 1-65535")
 
@@ -206,6 +310,12 @@ def trace(q: Query) -> Report:
     """Walk the connection's first packet; RulesetError/SimError/TraceError on bad input."""
     _check(q)
     ruleset = parse_iptables_save(q.rules, source=q.rules_name)
+    if not ruleset.tables:
+        # Every iptables-save dump has a table; an empty or comment-only file
+        # is almost certainly the wrong file, and tracing it would look fine.
+        raise TraceError(
+            f"--rules {q.rules_name}: no *table in it (empty or only comments); expected iptables-save output"
+        )
     kernel = Kernel(_dataplane(q, ruleset))
     src_ns = kernel.namespaces[{"pod": SOURCE_POD, "node": NODE, "external": OUTSIDE}[q.origin]]
     baseline = {n: (ns.conntrack.copy(), copy.deepcopy(ns.nf_state)) for n, ns in kernel.namespaces.items()}
@@ -249,6 +359,14 @@ def _result(kernel: Kernel, src_ns: str, q: Query, landing: Arrived | Lost | Sen
         how, rule = rejects[-1].split("rejected with ", 1)[1].split(" by ", 1)
         return Result(0.0, "rejected", f"rejected with {how}", nat=nat, rule=rule, trace=walk.trace)
     where = f"{p.dst}:{p.dport}"
+    sender = kernel.namespaces[src_ns]
+    if q.origin != "node" and at is sender and kernel.route_output(sender, Addr.of(q.dst)).kind == "local":
+        # Its own address or loopback: the sender delivers it over lo, and the
+        # node (and its ruleset) never sees it. A hairpin back to the source
+        # pod crossed the node and is described below, as forwarded.
+        host = "source pod" if q.origin == "pod" else "outside host"
+        summary = f"stays in the {host}: delivered over its lo at {where}, never reaching the node"
+        return Result(0.0, "local", summary, destination=where, source=str(p.src), nat=nat, trace=walk.trace)
     if at.name == NODE or (at.name == src_ns and q.origin == "node"):
         summary = f"delivered to the node itself at {where}, source {p.src}"
         verdict: Literal["forwarded", "local"] = "local"
