@@ -100,7 +100,8 @@ def _backends(names: str, option: str = "--backend") -> list[Backend]:
 
 def _one(items: list[str], option: str) -> str:
     if len(items) != 1:
-        _fail(f"{option} {','.join(items)}: this command takes exactly one")
+        given = f" {','.join(items)}" if items else ""
+        _fail(f"{option}{given}: this command takes exactly one, {len(items)} given")
     return items[0]
 
 
@@ -207,6 +208,8 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     for r in errors:
         print(f"{r.spec} / {r.implementation} / {r.backend}: could not run: {r.error}")
     bad = 0
+    # With --spec, only the specs run are asked: an implementation another spec catches still shows here.
+    by = "any spec" if len(specs) == len(all_specs()) else f"the specs run ({', '.join(specs)})"
     for backend in backends:
         print(f"\nbackend {backend.name}: which spec caught which implementation (x caught, E error)")
         width = max(len(n) for n in names)
@@ -223,7 +226,7 @@ def cmd_mutants(args: argparse.Namespace) -> int:
             if name == REFERENCE and any(not r.passed for r in row):
                 verdict, bad = "  <- the reference must pass every spec", bad + 1
             elif name != REFERENCE and not hit:
-                verdict, bad = "  <- NOT CAUGHT by any spec", bad + 1
+                verdict, bad = f"  <- NOT CAUGHT by {by}", bad + 1
             print(name.ljust(width) + "  " + "  ".join(cells) + verdict)
         for s in specs:
             if not any(
@@ -423,7 +426,9 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
             _fail("--run reads a recorded run as it is: --scenario and --implementation do not apply")
         dataplane = snapshot_run(args.run)
     else:
-        scenario = load_scenario(args.scenario) if args.scenario else classic_scenario()
+        if args.scenario == "":
+            _fail("--scenario: give a scenario file (or leave the option out for the classic scenario)")
+        scenario = load_scenario(args.scenario) if args.scenario is not None else classic_scenario()
         name = _one(_implementation(args.implementation), "--implementation")
         _backends("netns")  # checks privileges and tools first
         dataplane = snapshot_deployment(get_implementation(name).render(scenario))

@@ -20,10 +20,11 @@ from typing import Any
 
 import pytest
 
-from backends import Backend, BackendUnavailable, get_backend
+from backends import Backend, BackendUnavailable, backend_names, get_backend
 from conformance.runner import SpecResult
 
 _RESULTS = pytest.StashKey[list[SpecResult]]()
+_BACKENDS = pytest.StashKey[list[str]]()
 
 REQUIRE_ENV = "NETCONFORMANCE_REQUIRE_BACKENDS"
 _WORKER_KEY = "netconformance_results"
@@ -49,6 +50,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_RESULTS] = []
+    config.stash[_BACKENDS] = _backend_option(str(config.getoption("--backend")))
+
+
+def _backend_option(value: str) -> list[str]:
+    """--backend's names, checked: a typo must not turn into a skipped (so silently passing) session."""
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise pytest.UsageError("--backend: give at least one backend name, e.g. sim")
+    known = backend_names()
+    for name in names:
+        if name not in known:
+            raise pytest.UsageError(f"--backend {name}: unknown backend (known: {', '.join(known)})")
+        if names.count(name) > 1:
+            raise pytest.UsageError(f"--backend {value}: {name} is given twice")
+    return names
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -92,7 +108,7 @@ def nc_record(request: pytest.FixtureRequest) -> Callable[[SpecResult], None]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "nc_backend" in metafunc.fixturenames:
-        names = [n.strip() for n in str(metafunc.config.getoption("--backend")).split(",") if n.strip()]
+        names = metafunc.config.stash[_BACKENDS]
         metafunc.parametrize("nc_backend", names, indirect=True, ids=names)
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from conformance.cli import main
+from conformance.pytest_plugin import _backend_option
 
 TRACE_REST = ["--from", "pod", "--src", "10.244.1.11", "--dst", "10.96.0.10", "--dport", "80"]
 
@@ -172,6 +174,28 @@ def test_mutants_table_marks_every_broken_implementation(capsys: pytest.CaptureF
     assert main(["mutants", "--spec", "hairpin", "--spec", "accept-local", "--examples", "15", "--seed", "2"]) == 1
     out = capsys.readouterr().out
     # Two specs cannot catch everything (dnat-ip-only needs the dnat spec): the table says so.
-    assert "dnat-ip-only" in out and "NOT CAUGHT" in out
+    assert "dnat-ip-only" in out and "NOT CAUGHT by the specs run (hairpin, accept-local)" in out
     row = next(line for line in out.splitlines() if line.startswith("hairpin-mode-off"))
     assert row.count("x") == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("simm", "--backend simm: unknown backend (known: docker, kind, netns, sim, sim-snapshot)"),
+        ("sim,sim", "--backend sim,sim: sim is given twice"),
+        (" , ", "--backend: give at least one backend name"),
+    ],
+)
+def test_pytest_backend_option_is_checked(value: str, message: str) -> None:
+    # A typo in `pytest --backend` would otherwise skip every spec and pass.
+    with pytest.raises(pytest.UsageError, match=re.escape(message)):
+        _backend_option(value)
+    assert _backend_option("sim,netns") == ["sim", "netns"]
+
+
+def test_snapshot_refuses_an_empty_scenario_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # An empty --scenario used to mean "the classic scenario" and deployed it on the kernel.
+    assert main(["snapshot", "--out", str(tmp_path / "s.json"), "--scenario", ""]) == 2
+    assert "--scenario: give a scenario file" in capsys.readouterr().err
+    assert not (tmp_path / "s.json").exists()
