@@ -455,3 +455,10 @@ def test_the_fast_word_splitter_agrees_with_the_shell_rules(line: str) -> None:
     if fast is None:
         return  # left to the general splitter
     assert fast == _split_shell_words(line)
+
+
+def test_byte_order_mark_and_control_characters_are_named_not_echoed() -> None:
+    e = refused("\ufeff*filter\nCOMMIT\n")
+    assert e.line == 1 and "byte-order mark (U+FEFF)" in e.message and "\ufeff" not in str(e)
+    e = refused("*filter\nCO\x00MMIT\n")
+    assert e.line == 2 and "\x00" not in str(e) and "CO\\x00MMIT" in str(e)

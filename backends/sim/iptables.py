@@ -51,7 +51,9 @@ class RulesetError(ValueError):
     """A line the simulator refuses, with where and why."""
 
     def __init__(self, source: str, line: int, text: str, message: str) -> None:
-        super().__init__(f"{source}:{line}: {text}: {message}")
+        # Control characters (a NUL, an escape) are shown escaped, never sent to the terminal.
+        shown = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+        super().__init__(f"{source}:{line}: {shown}: {message}")
         self.source = source
         self.line = line
         self.text = text
@@ -1456,6 +1458,11 @@ def without_gc() -> Iterator[None]:
 
 
 def _parse(text: str, source: str) -> Ruleset:
+    if text.startswith("\ufeff"):
+        # Invisible in the message otherwise; iptables-restore refuses it too.
+        raise RulesetError(
+            source, 1, text.splitlines()[0][1:], "starts with a byte-order mark (U+FEFF): save the file without one"
+        )
     ruleset = Ruleset(source=source)
     open_: _Open | None = None
     for lineno, raw in enumerate(text.splitlines(), 1):
