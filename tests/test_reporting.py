@@ -667,6 +667,32 @@ MALFORMED: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
         lambda d: _outcome(d).update(p=True),
         "results[0].records[0].observations[0].outcomes[0].p: expected a number, found true",
     ),
+    # A probability is a finite number from 0 to 1; NaN and p <= 0 used to drop the outcome without a word.
+    (
+        "p NaN",
+        lambda d: _outcome(d).update(p=float("nan")),
+        "results[0].records[0].observations[0].outcomes[0].p: expected a probability from 0 to 1, found NaN",
+    ),
+    (
+        "p Infinity",
+        lambda d: _outcome(d).update(p=float("inf")),
+        "results[0].records[0].observations[0].outcomes[0].p: expected a probability from 0 to 1, found Infinity",
+    ),
+    (
+        "p negative",
+        lambda d: _outcome(d).update(p=-0.5),
+        "results[0].records[0].observations[0].outcomes[0].p: expected a probability from 0 to 1, found -0.5",
+    ),
+    (
+        "p above 1",
+        lambda d: _outcome(d).update(p=1.5),
+        "results[0].records[0].observations[0].outcomes[0].p: expected a probability from 0 to 1, found 1.5",
+    ),
+    (
+        "p huge integer",  # too large for a float: refused as out of range, not an OverflowError
+        lambda d: _outcome(d).update(p=10**400),
+        "results[0].records[0].observations[0].outcomes[0].p: expected a probability from 0 to 1, found 1000",
+    ),
     (
         "key missing",
         lambda d: _outcome(d).pop("key"),
@@ -727,6 +753,46 @@ def test_report_names_the_malformed_field(
     bad.write_text(json.dumps(doc), encoding="utf-8")
     assert f"{bad}: {message}" in _report_error(["--baseline", str(good), str(bad)], capsys)
     assert f"{bad}: {message}" in _report_error(["--baseline", str(bad), str(good)], capsys)
+
+
+def test_report_reads_the_probabilities_the_writers_write(tmp_path: Path) -> None:
+    # p = 0: an outcome listed but impossible (as Observation.possible), so not seen. A few ulps above 1: the
+    # simulator's sum of path weights for an outcome every path reaches (rounding, not damage).
+    baseline_doc = _valid_doc()
+    _outcome(baseline_doc).update(p=1.0000000000000013)
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps(baseline_doc), encoding="utf-8")
+    run_doc = _valid_doc()
+    _row(run_doc)["records"][0]["observations"][0]["outcomes"] = [{"p": 0, "key": "dropped"}, {"p": 1, "key": "R"}]
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps(run_doc), encoding="utf-8")
+    (change,) = compare_with_baseline(run, baseline).changed_outcomes
+    assert (change.before, change.after) == ({"dropped"}, {"R"})
+
+
+def test_report_refuses_a_baseline_with_no_cell_in_common(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Nothing compared proves nothing: it used to pass ("changed outcomes: 0 (in 0 cases run by both)").
+    run = _results_file(tmp_path / "run.json", [_cell_row("hairpin", "reference", "pass")])
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{"spec": "x", "backend": "y", "implementation": "z", "status": "FAIL"}]))
+    err = _report_error(["--baseline", str(other), str(run)], capsys)
+    assert (
+        f"{run} and the baseline {other} have no spec / backend / implementation cell in common, so there is nothing"
+        " to compare: the run has 1 cell (hairpin / sim / reference); the baseline has 1 cell (x / y / z)"
+    ) in err
+    # A long list is cut short.
+    many = _results_file(tmp_path / "many.json", [_cell_row(f"s{i}", "reference", "pass") for i in range(7)])
+    err = _report_error(["--baseline", str(many), str(run)], capsys)
+    assert (
+        "the baseline has 7 cells (s0 / sim / reference, s1 / sim / reference, s2 / sim / reference,"
+        " s3 / sim / reference, s4 / sim / reference, ... and 2 more)"
+    ) in err
+
+    # One cell in common is a comparison; the others are listed as only on one side, as before.
+    one = _results_file(tmp_path / "s0.json", [_cell_row("s0", "reference", "pass")])
+    assert _report(["--baseline", str(many), str(one)]) == 0
+    out = capsys.readouterr().out
+    assert "not in this run (in the baseline): 6" in out and "no regression" in out
 
 
 @pytest.mark.parametrize(

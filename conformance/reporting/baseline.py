@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from conformance.reporting.document import Cell, load_cells
+from conformance.reporting.document import Cell, ResultsError, load_cells
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,13 @@ def compare_with_baseline(run: Path, baseline: Path) -> BaselineDiff:
     run, baseline = _results_file(run), _results_file(baseline)
     now = {c.key: c for c in load_cells(run)}
     before = {c.key: c for c in load_cells(baseline)}
+    if not now.keys() & before.keys():
+        # Every run cell would be "not in baseline" and every baseline cell "not in this run": nothing is compared,
+        # and a pass would vouch for nothing (a wrong --baseline, or a run of other specs or implementations).
+        raise ResultsError(
+            f"{run} and the baseline {baseline} have no spec / backend / implementation cell in common,"
+            f" so there is nothing to compare: the run has {_labels(now)}; the baseline has {_labels(before)}"
+        )
     new_failures: list[StatusChange] = []
     fixes: list[StatusChange] = []
     changed: list[OutcomeChange] = []
@@ -85,6 +92,14 @@ def compare_with_baseline(run: Path, baseline: Path) -> BaselineDiff:
             cases += n
     missing = tuple(before[k].label for k in before if k not in now)
     return BaselineDiff(run, baseline, tuple(new_failures), tuple(fixes), tuple(changed), missing, len(now), cases)
+
+
+def _labels(cells: dict[tuple[str, str, str], Cell], shown: int = 5) -> str:
+    """How many cells and which, the first `shown` of them by name."""
+    labels = [c.label for c in cells.values()]
+    more = f", ... and {len(labels) - shown} more" if len(labels) > shown else ""
+    noun = "cell" if len(labels) == 1 else "cells"
+    return f"{len(labels)} {noun} ({', '.join(labels[:shown])}{more})"
 
 
 def _changed_outcomes(old: Cell, new: Cell) -> tuple[list[OutcomeChange], int]:

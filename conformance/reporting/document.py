@@ -319,7 +319,7 @@ def _case(value: object, where: str) -> CaseRun:
         for j, entry in enumerate(_list(*_at(obs, "outcomes", at))):
             outcome = _object(entry, f"{at}.outcomes[{j}]")
             key = _string(*_at(outcome, "key", f"{at}.outcomes[{j}]"))
-            if _number(*_at(outcome, "p", f"{at}.outcomes[{j}]")) > 0:
+            if _probability(*_at(outcome, "p", f"{at}.outcomes[{j}]")) > 0:  # p = 0: listed, but impossible
                 seen.add(key)
         outcomes[_string(*_at(obs, "text", at))] = frozenset(seen)
     return CaseRun(_string(*_at(rec, "case_id", where)), _choice(*_at(rec, "verdict", where), VERDICTS), outcomes)
@@ -399,9 +399,18 @@ def _string(value: object, where: str) -> str:
     return value
 
 
-def _number(value: object, where: str) -> float:
+# The simulator's probabilities are sums of products of path weights: an outcome every path reaches can come out a few
+# ulps above 1 (e.g. 1.0000000000000013 over 199 endpoints). That is rounding, not damage.
+P_ROUNDING = 1e-9
+
+
+def _probability(value: object, where: str) -> float:
+    """An outcome's probability: a number from 0 to 1 (never NaN or infinite)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Malformed(f"{where}: expected a number, found {_found(value)}")
+    # Compared before float(): an integer too large for a float is out of range, not an OverflowError. NaN fails both.
+    if not 0 <= value <= 1 + P_ROUNDING:
+        raise _Malformed(f"{where}: expected a probability from 0 to 1, found {_found(value)}")
     return float(value)
 
 
@@ -420,7 +429,8 @@ def _found(value: object) -> str:
         text = json.dumps(value)
         return text if len(text) <= 60 else text[:56] + '..."'
     if value is None or isinstance(value, bool | int | float):
-        return json.dumps(value)
+        text = json.dumps(value)  # NaN and Infinity as json.loads reads them
+        return text if len(text) <= 60 else text[:56] + "..."
     if isinstance(value, list):
         return f"a list of {len(value)}" if value else "an empty list"
     if isinstance(value, dict):
