@@ -1,9 +1,10 @@
 """`netconformance trace`: one new connection through one node's ruleset.
 
 The node is built around any iptables-save file (for example one saved on a
-real kube-proxy node): its addresses are the given local IPs on eth0, pods
-live in the pod CIDR behind bridge cni0 (br_netfilter on), and everything
-else is outside, behind a default gateway. The first packet of the
+real kube-proxy node): its addresses are the given local IPs on eth0 (one
+inside the pod CIDR is cni0's), pods live in the pod CIDR behind bridge cni0
+(br_netfilter on), and everything else is outside: on-link neighbours on
+eth0's network, the rest behind a default gateway. The first packet of the
 connection is walked through the simulator; every random branch is
 followed, so the result lists every possible fate with its probability.
 """
@@ -128,9 +129,37 @@ def _missing_jumps(ruleset: Ruleset, origin: From) -> list[str]:
     return out
 
 
-def _underlay(q: Query) -> IPv4Network:
-    """The network on eth0: the first --local-ip's /24."""
-    return IPv4Network(f"{q.local_ips[0]}/24", strict=False)
+def _eth0_ip(q: Query) -> IPv4Address:
+    """eth0's (primary) address: the first --local-ip outside the pod CIDR (_check_node makes sure there is one)."""
+    return next(ip for ip in q.local_ips if ip not in q.pod_cidr)
+
+
+def _underlay(q: Query, met: set[IPv4Address]) -> tuple[IPv4Network, IPv4Address]:
+    """eth0's network in the model, and the default gateway on it.
+
+    The node's real network is not given, so the model takes the /24 of eth0's
+    address. The simulator, like Linux, treats a network's broadcast address
+    as no host's (addrtype BROADCAST, a packet to it delivered locally), so no
+    address the walk meets (`met`) may be it: 10.0.1.255 is an ordinary host
+    in a /16. Then the prefix nearest /24 whose broadcast is none of them is
+    taken instead, narrower ones first (inside the /24 that _check_node kept
+    clear of the pod CIDR; a /31 has no broadcast address). The lowest
+    address needs no such care: the simulator, like current Linux, treats it
+    as a unicast one.
+    """
+    eth0 = _eth0_ip(q)
+    for prefixlen in (*range(24, 32), *range(23, 0, -1)):
+        net = IPv4Network(f"{eth0}/{prefixlen}", strict=False)
+        if net.overlaps(q.pod_cidr) or (prefixlen < 31 and net.broadcast_address in met):
+            continue
+        gateway = next((h for h in net.hosts() if h not in q.local_ips and h != q.src), None)
+        if gateway is not None:
+            return net, gateway
+    raise TraceError(
+        f"--local-ip {eth0}: the trace cannot model eth0's network around it: each prefix of it overlaps "
+        f"--pod-cidr {q.pod_cidr}, leaves no address for a gateway or has a given address as its broadcast "
+        "address; expected an eth0 address farther from the pod CIDR and the other addresses given"
+    )
 
 
 def _bridge_ip(q: Query) -> IPv4Address:
@@ -140,12 +169,16 @@ def _bridge_ip(q: Query) -> IPv4Address:
 
 
 def _dataplane(q: Query, ruleset: Ruleset) -> Dataplane:
-    first = q.local_ips[0]
-    underlay = _underlay(q)
-    gateway = next(h for h in underlay.hosts() if h not in q.local_ips and h != q.src)
+    eth0 = _eth0_ip(q)
     bridge_ip = _bridge_ip(q)
-    node_addrs: list[tuple[str, IPv4Interface]] = [("eth0", IPv4Interface(f"{first}/24"))]
-    node_addrs += [("eth0", IPv4Interface(f"{ip}/32")) for ip in q.local_ips[1:] if ip not in q.pod_cidr]
+    targets = {
+        r.target.ip
+        for r in ruleset.rules()
+        if isinstance(r.target, NatTarget) and r.target.kind == "DNAT" and r.target.ip is not None
+    }
+    underlay, gateway = _underlay(q, {*q.local_ips, q.src, q.dst, *targets})
+    node_addrs: list[tuple[str, IPv4Interface]] = [("eth0", IPv4Interface(f"{eth0}/{underlay.prefixlen}"))]
+    node_addrs += [("eth0", IPv4Interface(f"{ip}/32")) for ip in q.local_ips if ip != eth0 and ip not in q.pod_cidr]
     node_addrs.append(("cni0", IPv4Interface(f"{bridge_ip}/{q.pod_cidr.prefixlen}")))
     links = [Link("cni0", "bridge"), Link("eth0", "veth", OUTSIDE, "eth0")]
     namespaces: list[NetnsConfig] = []
@@ -165,15 +198,17 @@ def _dataplane(q: Query, ruleset: Ruleset) -> Dataplane:
 
     if q.origin == "pod":
         pod(SOURCE_POD, q.src)
-    targets = {
-        r.target.ip
-        for r in ruleset.rules()
-        if isinstance(r.target, NatTarget) and r.target.kind == "DNAT" and r.target.ip is not None
-    }
     for ip in sorted(targets | {q.dst}):
         if ip in q.pod_cidr and ip != bridge_ip and not (q.origin == "pod" and ip == q.src):
             pod(f"pod-{ip}", ip)
-    outside_addrs = [("eth0", IPv4Interface(f"{gateway}/24"))]
+    # OUTSIDE is every host that is neither the node nor a pod. On eth0's
+    # network it owns, besides the gateway, each neighbour the walk meets (an
+    # external --src, the --dst, a DNAT target) with that prefix, so the node
+    # reaches it directly, answered by ARP, with no gateway hop; an external
+    # --src off that network sits behind the gateway.
+    others = {q.dst, *targets} | ({q.src} if q.origin == "external" else set())
+    neighbours = sorted(ip for ip in others if ip in underlay and ip != gateway and ip not in q.local_ips)
+    outside_addrs = [("eth0", IPv4Interface(f"{ip}/{underlay.prefixlen}")) for ip in (gateway, *neighbours)]
     if q.origin == "external" and q.src not in underlay:
         outside_addrs.append(("eth0", IPv4Interface(f"{q.src}/32")))
     node = NetnsConfig(
@@ -194,7 +229,7 @@ def _dataplane(q: Query, ruleset: Ruleset) -> Dataplane:
         OUTSIDE,
         "sink",
         addresses=tuple(outside_addrs),
-        routes=(Route(IPv4Network("0.0.0.0/0"), "eth0", via=first),),
+        routes=(Route(IPv4Network("0.0.0.0/0"), "eth0", via=eth0),),
     )
     return Dataplane((node, outside, *namespaces))
 
@@ -232,7 +267,7 @@ def _check_node(q: Query) -> None:
             raise TraceError(f"--local-ip {ip}: given twice")
         if (what := _not_unicast(ip)) is not None:
             raise TraceError(f"--local-ip {ip}: is {what}; expected a unicast address of the node")
-    cidr, underlay = q.pod_cidr, _underlay(q)
+    cidr = q.pod_cidr
     if cidr.prefixlen == 0:
         raise TraceError(f"--pod-cidr {cidr}: covers every address; expected the node's pod range, e.g. 10.244.1.0/24")
     if cidr.prefixlen > 30:
@@ -242,14 +277,6 @@ def _check_node(q: Query) -> None:
     for net, what in _NOT_UNICAST:
         if cidr.overlaps(net):
             raise TraceError(f"--pod-cidr {cidr}: overlaps {what}; expected a range of unicast addresses")
-    if cidr.overlaps(underlay):
-        raise TraceError(
-            f"--pod-cidr {cidr}: overlaps the node's network {underlay} on eth0 (the first --local-ip "
-            f"{q.local_ips[0]} with a /24); expected a pod range apart from it"
-        )
-    for ip in q.local_ips:
-        if (what := _edge(ip, underlay, "the node's network on eth0")) is not None:
-            raise TraceError(f"--local-ip {ip}: is {what}; expected a host address")
     # A --local-ip inside the pod CIDR is not an error: _dataplane takes it as
     # cni0's address (the node does own its bridge's address, and a user may
     # list every address of the node). Only one can be that, and it must be a host.
@@ -262,6 +289,20 @@ def _check_node(q: Query) -> None:
     for ip in inside:
         if (what := _edge(ip, cidr, "--pod-cidr")) is not None:
             raise TraceError(f"--local-ip {ip}: is {what}; expected a host address for the bridge cni0")
+    if inside == list(q.local_ips):
+        raise TraceError(
+            f"--local-ip {inside[0]}: inside --pod-cidr {cidr}, so it is the bridge cni0's address; "
+            "expected also the node's own address on eth0, outside the pod CIDR"
+        )
+    # Whatever order the addresses come in, eth0's is the first outside the pod
+    # CIDR. Its /24 is the network the model prefers (see _underlay); a pod
+    # CIDR overlapping it is refused rather than modelled.
+    eth0 = _eth0_ip(q)
+    if cidr.overlaps(modelled := IPv4Network(f"{eth0}/24", strict=False)):
+        raise TraceError(
+            f"--pod-cidr {cidr}: overlaps {modelled}, the node's network on eth0 as the trace models it (the /24 of "
+            f"{eth0}, the first --local-ip outside the pod CIDR); expected a pod range apart from it"
+        )
 
 
 def _check(q: Query) -> None:
@@ -291,15 +332,13 @@ def _check(q: Query) -> None:
     if q.origin == "external":
         if q.src in q.local_ips or q.src in q.pod_cidr:
             raise TraceError(f"--src {q.src}: an external source must be outside the node and the pod CIDR")
-        if (what := _not_unicast(q.src) or _edge(q.src, _underlay(q), "the node's network on eth0")) is not None:
+        if (what := _not_unicast(q.src)) is not None:
             raise TraceError(f"--src {q.src}: is {what}; expected a unicast address of a host outside the node")
     # Loopback is a destination one can dial: from the node it reaches kube-proxy's
     # localhost NodePorts; from a pod or outside it stays there (see _result).
-    dst_what = (
-        (None if q.dst.is_loopback else _not_unicast(q.dst))
-        or _edge(q.dst, q.pod_cidr, "--pod-cidr")
-        or _edge(q.dst, _underlay(q), "the node's network on eth0")
-    )
+    # Only the pod CIDR's edges are refused: the user gave that prefix, while
+    # eth0's network is the model's guess (see _underlay).
+    dst_what = (None if q.dst.is_loopback else _not_unicast(q.dst)) or _edge(q.dst, q.pod_cidr, "--pod-cidr")
     if dst_what is not None:
         raise TraceError(f"--dst {q.dst}: is {dst_what}; expected the unicast address of one host")
     if not 1 <= q.dport <= 65535:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 import pytest
 
-from backends.sim.iptables import RulesetError
+from backends.sim.iptables import RulesetError, parse_iptables_save
+from backends.sim.kernel import Kernel
+from backends.sim.packet import Addr
 from conformance.cli import main
-from conformance.tracing import Query, TraceError, trace
+from conformance.tracing import Query, TraceError, _dataplane, trace
 
 RULES = Path(__file__).parent / "rulesets" / "kube-proxy-node.txt"
 NODE_IP = IPv4Address("172.18.0.2")
@@ -207,7 +209,6 @@ def test_pod_source_must_be_a_pod_host(src: str, local_ips: tuple[str, ...], mes
         ("255.255.255.255", "the limited broadcast address"),
         ("224.0.0.1", "multicast 224.0.0.0/4"),
         ("127.0.0.1", "loopback 127.0.0.0/8"),
-        ("172.18.0.255", "the broadcast address of the node's network on eth0 172.18.0.0/24"),
     ],
 )
 def test_external_source_must_be_a_unicast_host(src: str, what: str) -> None:
@@ -224,7 +225,6 @@ def test_external_source_must_be_a_unicast_host(src: str, what: str) -> None:
         ("239.1.1.1", "multicast 224.0.0.0/4"),
         ("10.244.1.255", "the broadcast address of --pod-cidr 10.244.1.0/24"),
         ("10.244.1.0", "the network address of --pod-cidr 10.244.1.0/24"),
-        ("172.18.0.255", "the broadcast address of the node's network on eth0 172.18.0.0/24"),
     ],
 )
 def test_destination_must_be_one_unicast_host(dst: str, what: str) -> None:
@@ -239,6 +239,7 @@ def test_destination_must_be_one_unicast_host(dst: str, what: str) -> None:
         ("pod", "10.244.1.11", "10.244.1.11", "source pod"),
         ("pod", "10.244.1.11", "127.0.0.1", "source pod"),
         ("external", "192.0.2.7", "192.0.2.7", "outside host"),
+        ("external", "172.18.0.5", "172.18.0.5", "outside host"),  # an on-link neighbour of the node
     ],
 )
 def test_destination_in_the_source_itself_never_reaches_the_node(origin: str, src: str, dst: str, host: str) -> None:
@@ -263,21 +264,11 @@ def test_node_dialling_its_own_address_still_walks_the_ruleset() -> None:
         (("0.0.0.0",), '--local-ip 0.0.0.0: is "this network" 0.0.0.0/8; expected a unicast address of the node'),
         (("127.0.0.1",), "--local-ip 127.0.0.1: is loopback 127.0.0.0/8; expected a unicast address of the node"),
         (("224.0.0.5",), "--local-ip 224.0.0.5: is multicast 224.0.0.0/4; expected a unicast address of the node"),
-        (
-            ("172.18.0.0",),
-            "--local-ip 172.18.0.0: is the network address of the node's network on eth0 172.18.0.0/24; "
-            "expected a host address",
-        ),
-        (
-            ("172.18.0.2", "172.18.0.255"),
-            "--local-ip 172.18.0.255: is the broadcast address of the node's network on eth0 172.18.0.0/24; "
-            "expected a host address",
-        ),
         (("172.18.0.2", "192.0.2.9", "172.18.0.2"), "--local-ip 172.18.0.2: given twice"),
         (
             ("10.244.1.5",),
-            "--pod-cidr 10.244.1.0/24: overlaps the node's network 10.244.1.0/24 on eth0 (the first --local-ip "
-            "10.244.1.5 with a /24); expected a pod range apart from it",
+            "--local-ip 10.244.1.5: inside --pod-cidr 10.244.1.0/24, so it is the bridge cni0's address; "
+            "expected also the node's own address on eth0, outside the pod CIDR",
         ),
         (
             ("172.18.0.2", "10.244.1.5", "10.244.1.6"),
@@ -311,14 +302,9 @@ def test_one_local_ip_inside_the_pod_cidr_is_the_bridge_address() -> None:
         ("10.244.1.0/31", "no room for the bridge cni0 and a pod; expected a prefix of /30 or shorter"),
         ("127.0.0.0/24", "overlaps loopback 127.0.0.0/8; expected a range of unicast addresses"),
         (
-            "172.18.0.0/16",
-            "overlaps the node's network 172.18.0.0/24 on eth0 (the first --local-ip 172.18.0.2 with a /24); "
-            "expected a pod range apart from it",
-        ),
-        (
             "172.18.0.128/25",
-            "overlaps the node's network 172.18.0.0/24 on eth0 (the first --local-ip 172.18.0.2 with a /24); "
-            "expected a pod range apart from it",
+            "overlaps 172.18.0.0/24, the node's network on eth0 as the trace models it (the /24 of 172.18.0.2, "
+            "the first --local-ip outside the pod CIDR); expected a pod range apart from it",
         ),
     ],
 )
@@ -331,3 +317,114 @@ def test_bad_pod_cidr_is_rejected_with_the_reason(pod_cidr: str, message: str) -
 def test_smallest_pod_cidr_holds_the_bridge_and_one_pod() -> None:
     (r,) = trace(query("pod", "10.244.1.2", "192.0.2.7", 80, pod_cidr="10.244.1.0/30")).results
     assert (r.verdict, r.destination) == ("forwarded", "192.0.2.7:80")
+
+
+# eth0's network is not given: the trace models it as the /24 of eth0's
+# address. An address at that /24's edge is an ordinary host of a larger
+# network (10.0.1.255 in a /16), so it is traced, not refused, and the model
+# keeps it a unicast address (never the broadcast address of eth0's network).
+NODEPORT_FATES = {"10.244.1.11:8080": 0.333333, "10.244.1.12:8080": 0.333333, "10.244.2.13:8080": 0.333333}
+
+
+@pytest.mark.parametrize(
+    ("origin", "src", "local_ips"),
+    [
+        ("pod", "10.244.1.10", ("10.0.1.255",)),
+        ("external", "192.0.2.7", ("10.0.1.255",)),
+        ("external", "10.0.1.254", ("10.0.1.255",)),  # on-link, next to it
+        ("pod", "10.244.1.10", ("172.18.0.2", "172.18.0.255")),
+        ("external", "192.0.2.7", ("172.18.0.2", "172.18.0.255")),
+        ("external", "192.0.2.7", ("172.18.0.0",)),
+    ],
+)
+def test_local_ip_at_the_edge_of_a_24_is_a_node_address(origin: str, src: str, local_ips: tuple[str, ...]) -> None:
+    dst = local_ips[-1]
+    report = trace(query(origin, src, dst, 30080, local_ips=local_ips))
+    assert fates(report.results) == NODEPORT_FATES  # addrtype LOCAL: the NodePort is reached
+    remote = next(r for r in report.results if r.destination == "10.244.2.13:8080")
+    if origin == "external":
+        assert remote.source == local_ips[0]  # masqueraded to eth0's address
+
+
+@pytest.mark.parametrize("dst", ["172.18.0.255", "172.18.0.0", "172.18.0.9"])
+def test_destination_on_the_nodes_network_leaves_via_eth0(dst: str) -> None:
+    (r,) = trace(query("pod", "10.244.1.10", dst, 80)).results
+    assert (r.verdict, r.destination, r.source) == ("forwarded", f"{dst}:80", "10.244.1.10")
+    assert r.summary == f"leaves the node via eth0 to {dst}:80, source 10.244.1.10"
+
+
+@pytest.mark.parametrize("endpoint", ["172.18.0.3", "172.18.0.255"])
+def test_dnat_to_a_host_on_the_nodes_network_leaves_via_eth0(endpoint: str) -> None:
+    # e.g. the kubernetes Service's endpoint, the API server on another node
+    rules = (
+        "*nat\n:PREROUTING ACCEPT [0:0]\n"
+        f"-A PREROUTING -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -j DNAT --to-destination {endpoint}:6443\n"
+        "COMMIT\n"
+    )
+    (r,) = trace(query("pod", "10.244.1.10", "10.96.0.1", 443, rules=rules)).results
+    assert (r.verdict, r.destination, r.nat) == ("forwarded", f"{endpoint}:6443", [f"DNAT to {endpoint}:6443"])
+    assert "via eth0" in r.summary
+
+
+def test_eth0_network_that_cannot_be_modelled_is_an_error() -> None:
+    # Every prefix of 10.244.1.255 up to /24 has it as broadcast address, its
+    # /31 partner is the node's too, and every wider one overlaps the pod CIDR.
+    with pytest.raises(TraceError) as e:
+        trace(
+            query(
+                "external",
+                "192.0.2.7",
+                "10.244.1.255",
+                30080,
+                local_ips=("10.244.1.255", "10.244.1.254"),
+                pod_cidr="10.244.0.0/24",
+            )
+        )
+    assert str(e.value).startswith("--local-ip 10.244.1.255: the trace cannot model eth0's network around it")
+
+
+# eth0's address is the first --local-ip outside the pod CIDR, whatever the
+# order: one inside it is cni0's address.
+@pytest.mark.parametrize(
+    ("origin", "src", "dst", "dport"),
+    [("pod", "10.244.1.11", "10.96.0.10", 80), ("external", "192.0.2.7", "172.18.0.2", 30080)],
+)
+def test_local_ip_order_does_not_matter(origin: str, src: str, dst: str, dport: int) -> None:
+    results = [
+        [r.as_json() for r in trace(query(origin, src, dst, dport, local_ips=ips)).results]
+        for ips in (("172.18.0.2", "10.244.1.1"), ("10.244.1.1", "172.18.0.2"))
+    ]
+    assert results[0] == results[1]
+    sources = {r["source"] for r in results[0]}
+    assert sources == ({"10.244.1.1", "10.244.1.11"} if origin == "pod" else {"10.244.1.1", "172.18.0.2"})
+
+
+def test_every_local_ip_inside_the_pod_cidr_is_an_error() -> None:
+    with pytest.raises(TraceError) as e:
+        trace(query("external", "192.0.2.7", "172.18.0.2", 30080, pod_cidr="172.18.0.0/16"))
+    assert str(e.value) == (
+        "--local-ip 172.18.0.2: inside --pod-cidr 172.18.0.0/16, so it is the bridge cni0's address; "
+        "expected also the node's own address on eth0, outside the pod CIDR"
+    )
+
+
+# An external source on the node's (modelled) network is an on-link
+# neighbour: the node answers it directly, not through the gateway; one at
+# the edge of a /24 is an ordinary host too.
+@pytest.mark.parametrize("src", ["172.18.0.9", "172.18.0.255", "8.8.8.8"])
+def test_external_source_near_or_far_is_rejected_by_the_rule(src: str) -> None:
+    (r,) = trace(query("external", src, "172.18.0.2", 30090)).results
+    assert (r.verdict, r.summary) == ("rejected", "rejected with icmp-port-unreachable")
+    assert r.rule is not None and '"default/empty:http has no endpoints"' in r.rule
+    assert r.trace[-1].startswith(f"outside: delivered locally: icmp 172.18.0.2 -> {src} type 3/3")
+
+
+def test_external_source_on_the_nodes_network_is_its_on_link_neighbour() -> None:
+    q = query("external", "172.18.0.9", "172.18.0.2", 30090)
+    dataplane = _dataplane(q, parse_iptables_save(q.rules))
+    outside = next(ns for ns in dataplane.namespaces if ns.name == "outside")
+    assert ("eth0", IPv4Interface("172.18.0.9/24")) in outside.addresses  # the neighbour itself, same prefix
+    kernel = Kernel(dataplane)
+    node = kernel.namespaces["node"]
+    assert kernel.route_output(node, Addr.of(q.src)).nexthop == Addr.of(q.src)  # no gateway hop
+    assert kernel.route_output(node, Addr.of(IPv4Address("8.8.8.8"))).nexthop == Addr.of(IPv4Address("172.18.0.1"))
