@@ -6,9 +6,10 @@ any backend with one command. Corpus files (`conformance.reporting.corpus`)
 add a ``kind: CorpusEntry`` document about the case, which is not part of it.
 
 Case files are read as strictly as scenario files: duplicate keys, unknown
-fields, probes from sources the scenario lacks and probes no backend can send
-are errors naming the file, the document (numbered as in the file), the field
-and what was expected.
+fields, probes from sources the scenario lacks, probes no backend can send and
+CorpusEntry values `conformance.reporting.corpus` would refuse are errors
+naming the file, the document (numbered as in the file), the field and what
+was expected.
 """
 
 from __future__ import annotations
@@ -16,22 +17,28 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from functools import lru_cache
+from ipaddress import IPv4Network
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
-from conformance.loader import Ctx, ScenarioError, dump_scenario, parse_documents, read_documents
+from conformance.loader import Ctx, ScenarioError, dump_scenario, parse_documents, read_documents, unusable_range
 from conformance.model import Protocol, Scenario
 from conformance.probes import Probe
 
 PROBES_API = "netconformance.io/v1"
 PROBE_LIST = "ProbeList"
 CORPUS_ENTRY = "CorpusEntry"
-# The fields of a CorpusEntry (reporting.corpus._FIELDS, which checks their
-# values; it imports this module, so the list is repeated here, and a test
-# keeps the two equal).
+# A CorpusEntry, read here for `replay` and for `reporting.corpus` (which
+# imports this module, so the rules live here).
 CORPUS_FIELDS = ("apiVersion", "kind", "spec", "implementation", "expect", "found", "source", "note")
+CorpusExpect = Literal["pass", "fail"]
+CorpusSource = Literal["spec failure", "backend disagreement"]
+CORPUS_EXPECTS: tuple[CorpusExpect, ...] = ("pass", "fail")
+CORPUS_SOURCES: tuple[CorpusSource, ...] = ("spec failure", "backend disagreement")
 _PROBE_LIST_FIELDS = ("apiVersion", "kind", "probes")
 _PROBE_FIELDS = ("source", "destination", "port", "protocol")
 # SCTP is a valid Service/Pod protocol, but no backend can send an SCTP probe
@@ -45,6 +52,18 @@ _MAX_SHOWN = 10
 class Case:
     scenario: Scenario
     probes: tuple[Probe, ...]
+
+
+@dataclass(frozen=True)
+class CorpusMeta:
+    """A CorpusEntry document: what is known about the case, not part of it."""
+
+    spec: str
+    implementation: str
+    expect: CorpusExpect  # what `spec` says about the case with `implementation`
+    found: date
+    source: CorpusSource
+    note: str
 
 
 @lru_cache(maxsize=4096)
@@ -68,9 +87,15 @@ def probe_sources(scenario: Scenario) -> tuple[str, ...]:
 
 def parse_case(text: str, *, source: str) -> Case:
     """Parse a case file's text; `source` names the input in error messages."""
+    return parse_case_file(text, source=source)[0]
+
+
+def parse_case_file(text: str, *, source: str) -> tuple[Case, CorpusMeta | None]:
+    """The case in a case file's text, and its CorpusEntry if it has one (corpus files do)."""
     docs = read_documents(text, source)
     probe_lists: list[tuple[int, object]] = []
     corpus_entry: int | None = None
+    meta: CorpusMeta | None = None
     # The scenario gets every other document; None keeps the numbering of the file.
     scenario_docs: list[object] = list(docs)
     for d, doc in enumerate(docs, start=1):
@@ -83,7 +108,7 @@ def parse_case(text: str, *, source: str) -> Case:
             if corpus_entry is not None:
                 ctx.fail("", f"only one {CORPUS_ENTRY} is allowed per file (document {corpus_entry} is one)")
             corpus_entry = d
-            _check_header(ctx, doc, CORPUS_ENTRY, CORPUS_FIELDS)
+            meta = _corpus_meta(ctx, doc)
             scenario_docs[d - 1] = None
     handled = ((PROBES_API, PROBE_LIST), (PROBES_API, CORPUS_ENTRY))
     scenario = parse_documents(scenario_docs, source=source, handled=handled)
@@ -107,7 +132,7 @@ def parse_case(text: str, *, source: str) -> Case:
         ctx.fail("probes", "expected at least one probe (a case without probes judges nothing)")
     sources = probe_sources(scenario)
     probes = tuple(_probe(ctx, item, f"probes[{i}]", sources) for i, item in enumerate(items))
-    return Case(scenario, probes)
+    return Case(scenario, probes), meta
 
 
 def _check_header(ctx: Ctx, doc: object, kind: str, allowed: Sequence[str]) -> dict[str, object]:
@@ -118,6 +143,29 @@ def _check_header(ctx: Ctx, doc: object, kind: str, allowed: Sequence[str]) -> d
     if api != PROBES_API:
         ctx.fail("apiVersion", f"{kind} needs apiVersion {PROBES_API}, got {api!r}")
     return ctx.mapping(doc, "", allowed)
+
+
+def _corpus_meta(ctx: Ctx, doc: object) -> CorpusMeta:
+    m = _check_header(ctx, doc, CORPUS_ENTRY, CORPUS_FIELDS)
+
+    def name(key: str, what: str) -> str:
+        text = ctx.string(ctx.required(m, key, "", what), key, what)
+        if not text:
+            ctx.fail(key, f"expected {what}, got ''")
+        return text
+
+    spec = name("spec", "a spec name")
+    implementation = name("implementation", "an implementation name")
+    expect = ctx.choice(ctx.required(m, "expect", "", "pass or fail"), "expect", CORPUS_EXPECTS)
+    found = ctx.required(m, "found", "", "a date (YYYY-MM-DD)")
+    if not isinstance(found, date):  # a quoted date is a string to YAML
+        ctx.fail("found", f"expected a date (YYYY-MM-DD, not quoted), got {found!r}")
+    sources = " or ".join(repr(s) for s in CORPUS_SOURCES)
+    origin = ctx.required(m, "source", "", sources)
+    if origin not in CORPUS_SOURCES:
+        ctx.fail("source", f"expected {sources}, got {origin!r}")
+    note = str(m.get("note") or "")
+    return CorpusMeta(spec, implementation, expect, found, ctx.choice(origin, "source", CORPUS_SOURCES), note)
 
 
 def _probe(ctx: Ctx, item: object, path: str, sources: Sequence[str]) -> Probe:
@@ -134,6 +182,13 @@ def _probe(ctx: Ctx, item: object, path: str, sources: Sequence[str]) -> Probe:
             shown += f", ... ({len(sources) - _MAX_SHOWN} more)"
         ctx.fail(f"{path}.source", f"{source!r} is not a pod or node of the scenario ({did}known sources: {shown})")
     dst = ctx.ip(ctx.required(m, "destination", path, "an IPv4 address"), f"{path}.destination")
+    unusable = unusable_range(IPv4Network(dst))
+    if unusable:
+        # Nothing a scenario has can be there: the loader refuses these addresses too.
+        ctx.fail(
+            f"{path}.destination",
+            f"{dst} is in {unusable}, which no probe can reach: expected a unicast address such as a pod's",
+        )
     port = ctx.integer(ctx.required(m, "port", path, "an integer 1-65535"), f"{path}.port", 1, 65535)
     protocol = m.get("protocol", "TCP")
     if protocol == "SCTP":
@@ -146,6 +201,8 @@ def _probe(ctx: Ctx, item: object, path: str, sources: Sequence[str]) -> Probe:
 
 def load_case(path: str | Path) -> Case:
     """Load a case file; errors are `ScenarioError` naming the file."""
+    if path == "":  # Path("") is ".", a directory: say what is wrong instead
+        raise ScenarioError("case file: expected the path of a case file, got an empty string")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:

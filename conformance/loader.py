@@ -15,7 +15,9 @@ with ``items``, of these objects:
   externalTrafficPolicy (NodePort only).
 - ``networking.k8s.io/v1 NetworkPolicy``: the full v1 spec, numeric ports only.
 - ``netconformance.io/v1 Knobs`` (at most one): metadata.name (the scenario's
-  name), spec {masqueradeHairpin, clusterCIDR, serviceCIDR, nodeCIDR}.
+  name), spec {masqueradeHairpin, clusterCIDR, serviceCIDR, nodeCIDR}. These
+  CIDRs and the podCIDRs must not overlap 0.0.0.0/8, 127.0.0.0/8, 224.0.0.0/4
+  or 240.0.0.0/4, which no cluster can use.
 
 Everything is checked, and unknown fields are errors: a typo must never turn
 into a silently different scenario. Errors are `ScenarioError`, whose message
@@ -26,11 +28,11 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import fields
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any, Literal, NoReturn, TypeVar
+from typing import Literal, NoReturn, TypeVar
 
 import yaml
 
@@ -63,6 +65,7 @@ __all__ = [
     "parse_documents",
     "parse_scenario",
     "read_documents",
+    "unusable_range",
 ]
 
 _T = TypeVar("_T")
@@ -102,6 +105,25 @@ class ScenarioError(ValueError):
     """Invalid scenario input. The message is complete and meant for people."""
 
 
+# Addresses no cluster can give a node, a pod or a Service, nor a probe reach:
+# kernels refuse or reroute them (a loopback serviceCIDR answered with ICMP
+# errors, a multicast clusterCIDR failed with EINVAL).
+_UNUSABLE_RANGES: tuple[tuple[IPv4Network, str], ...] = (
+    (IPv4Network("0.0.0.0/8"), "'this network'"),
+    (IPv4Network("127.0.0.0/8"), "loopback"),
+    (IPv4Network("224.0.0.0/4"), "multicast"),
+    (IPv4Network("240.0.0.0/4"), "reserved, incl. broadcast"),
+)
+
+
+def unusable_range(net: IPv4Network) -> str | None:
+    """ "127.0.0.0/8 (loopback)" if `net` overlaps an address no cluster can use, else None."""
+    for r, what in _UNUSABLE_RANGES:
+        if net.overlaps(r):
+            return f"{r} ({what})"
+    return None
+
+
 # -- reading YAML ----------------------------------------------------------------
 
 
@@ -111,25 +133,90 @@ _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoade
 _SafeDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
-class _StrictLoader(_SafeLoader):  # type: ignore[misc,valid-type]
-    """A SafeLoader that rejects duplicate keys (plain YAML keeps the last one)."""
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_VALUE_TAG = "tag:yaml.org,2002:value"
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+
+def _key_id(key_node: yaml.Node) -> object:
+    """Which key a key node is, for merging: a scalar by its text, anything else by identity."""
+    return (key_node.tag, key_node.value) if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+
+
+class _StrictLoader(_SafeLoader):  # type: ignore[misc,valid-type]
+    """A SafeLoader that rejects duplicate keys (plain YAML keeps the last one).
+
+    Merge keys (``<<: *base``, ``<<: [*a, *b]``) follow the YAML merge type: a
+    key written in the mapping overrides a merged one, and of the merged
+    mappings the earlier one wins. Only keys written in one mapping are duplicates.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        # Mappings flattened (a merged one is flattened in place, maybe before it
+        # is constructed itself) and being flattened (to catch a mapping merging
+        # itself). Nodes, not ids: a node kept here is never freed, its id never reused.
+        self._flat: set[yaml.MappingNode] = set()
+        self._flattening: set[yaml.MappingNode] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # Replaces PyYAML's, whose precedence changed in 6.0.4 (yaml/pyyaml#953).
+        if node in self._flat:
+            return
+        if node in self._flattening:
+            raise yaml.constructor.ConstructorError(
+                "while merging mappings", node.start_mark, "a mapping cannot merge itself", node.start_mark
+            )
+        self._flattening.add(node)
+        self._check_duplicates(node)  # before merging: merged keys are not duplicates
+        merged: list[tuple[yaml.Node, yaml.Node]] = []  # lowest precedence first, as dict() keeps the last
+        written: list[tuple[yaml.Node, yaml.Node]] = []
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                if key_node.tag == _VALUE_TAG:
+                    key_node.tag = "tag:yaml.org,2002:str"  # as PyYAML's own flatten_mapping does
+                written.append((key_node, value_node))
+                continue
+            sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            for sub in reversed(sources):  # the earlier mapping wins, so it goes later
+                if not isinstance(sub, yaml.MappingNode):
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"expected a mapping or list of mappings for merging, but found {sub.id}",
+                        sub.start_mark,
+                    )
+                self.flatten_mapping(sub)
+                merged.extend(sub.value)
+        self._flattening.discard(node)
+        self._flat.add(node)
+        if merged:
+            # Only the winning pair of each key: merges of merges cannot grow
+            # exponentially (yaml/pyyaml#897).
+            pairs = merged + written
+            last = {_key_id(k): i for i, (k, _) in enumerate(pairs)}
+            node.value = [pair for i, pair in enumerate(pairs) if last[_key_id(pair[0])] == i]
+
+    def _check_duplicates(self, node: yaml.MappingNode) -> None:
         seen: set[object] = set()
+        merges = 0
         for key_node, _ in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 continue  # complex keys: left to the base class to reject
-            key = self.construct_object(key_node)
-            if key in seen:
+            if key_node.tag == _MERGE_TAG:
+                # Not constructible on its own; several mappings merge as `<<: [*a, *b]`.
+                merges += 1
+                duplicate, shown = merges > 1, "'<<'"
+            else:
+                key = self.construct_object(key_node)
+                duplicate, shown = key in seen, repr(key)
+                seen.add(key)
+            if duplicate:
                 raise yaml.constructor.ConstructorError(
                     "while reading a mapping",
                     node.start_mark,
-                    f"duplicate key {key!r}",
+                    f"duplicate key {shown}",
                     key_node.start_mark,
                 )
-            seen.add(key)
-        mapping: dict[Hashable, Any] = super().construct_mapping(node, deep=deep)
-        return mapping
 
 
 def read_documents(text: str, source: str) -> list[object]:
@@ -380,12 +467,13 @@ def _parse_object(
         )
         if "masqueradeHairpin" in spec:
             out.masquerade_hairpin = ctx.boolean(spec["masqueradeHairpin"], "spec.masqueradeHairpin")
+        # Every node, pod and Service address is checked to be inside one of these.
         if "clusterCIDR" in spec:
-            out.cluster_cidr = ctx.cidr(spec["clusterCIDR"], "spec.clusterCIDR")
+            out.cluster_cidr = _usable_cidr(ctx, spec["clusterCIDR"], "spec.clusterCIDR")
         if "serviceCIDR" in spec:
-            out.service_cidr = ctx.cidr(spec["serviceCIDR"], "spec.serviceCIDR")
+            out.service_cidr = _usable_cidr(ctx, spec["serviceCIDR"], "spec.serviceCIDR")
         if "nodeCIDR" in spec:
-            out.node_cidr = ctx.cidr(spec["nodeCIDR"], "spec.nodeCIDR")
+            out.node_cidr = _usable_cidr(ctx, spec["nodeCIDR"], "spec.nodeCIDR")
         return
 
     name = ctx.name(
@@ -427,10 +515,19 @@ def _object_label(where: str, kind: str, metadata: object) -> str:
     return f"{where} ({kind})"
 
 
+def _usable_cidr(ctx: Ctx, value: object, path: str) -> IPv4Network:
+    net = ctx.cidr(value, path)
+    unusable = unusable_range(net)
+    if unusable:
+        ctx.fail(path, f"{net} overlaps {unusable}, which no cluster can use")
+    return net
+
+
 def _parse_node(ctx: Ctx, name: str, meta: dict[str, object], obj: dict[str, object]) -> Node:
     knobs = _annotations(ctx, meta, {ANN_HAIRPIN: ("true", "false"), ANN_BRIDGE_NF: ("1", "0")})
     spec = ctx.mapping(obj.get("spec"), "spec", ("podCIDR",))
-    pod_cidr = ctx.cidr(ctx.required(spec, "podCIDR", "spec", "an IPv4 CIDR"), "spec.podCIDR")
+    # Also inside clusterCIDR (checked later); this error names the podCIDR itself.
+    pod_cidr = _usable_cidr(ctx, ctx.required(spec, "podCIDR", "spec", "an IPv4 CIDR"), "spec.podCIDR")
     if pod_cidr.prefixlen > 30:
         ctx.fail("spec.podCIDR", f"expected a CIDR of /30 or larger (room for pods), got {pod_cidr}")
     status = ctx.mapping(obj.get("status"), "status", ("addresses",))
@@ -785,6 +882,17 @@ def _check(s: Scenario, source: str) -> None:
                 "spec.clusterIP",
                 f"{svc.cluster_ip} is not inside serviceCIDR {s.service_cidr}",
             )
+        # As for nodes and pods: these two are never an address of one host.
+        for what, edge in (
+            ("network", s.service_cidr.network_address),
+            ("broadcast", s.service_cidr.broadcast_address),
+        ):
+            if svc.cluster_ip == edge:
+                fail(
+                    obj,
+                    "spec.clusterIP",
+                    f"{svc.cluster_ip} is the {what} address of serviceCIDR {s.service_cidr}, not a host address",
+                )
         if svc.cluster_ip in seen_ips:
             fail(
                 obj,

@@ -302,14 +302,131 @@ def test_corpus_entry_unknown_field_and_api_version_are_checked() -> None:
     )
 
 
-def test_corpus_entry_fields_match_the_corpus_reader() -> None:
-    from conformance.cases import CORPUS_FIELDS
-    from conformance.reporting.corpus import _FIELDS
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("expect: pass", "expect: banana", "expect: expected one of pass, fail, got 'banana'"),
+        ("found: 2026-01-31", "found: yesterday", "found: expected a date (YYYY-MM-DD, not quoted), got 'yesterday'"),
+        (
+            "found: 2026-01-31",
+            "found: '2026-01-31'",
+            "found: expected a date (YYYY-MM-DD, not quoted), got '2026-01-31'",
+        ),
+        ("found: 2026-01-31\n", "", "found: required: expected a date (YYYY-MM-DD)"),
+        (
+            "source: spec failure",
+            "source: yes",
+            "source: expected 'spec failure' or 'backend disagreement', got True",
+        ),
+        ("spec: hairpin", "spec: ''", "spec: expected a spec name, got ''"),
+        ("spec: hairpin", "spec: 3", "spec: expected a spec name, got 3 (quote it)"),
+        ("implementation: reference\n", "", "implementation: required: expected an implementation name"),
+    ],
+)
+def test_corpus_entry_values_are_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], old: str, new: str, message: str
+) -> None:
+    from conformance.reporting.corpus import read_entry
 
-    assert CORPUS_FIELDS == _FIELDS
+    text = case_text(corpus=True).replace(old, new, 1)
+    assert error_of(text) == f"case.yaml: document 1 (CorpusEntry): {message}"
+    # replay refuses what the corpus refuses, with the same words.
+    path = tmp_path / "case.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert main(["replay", str(path), "--spec", "hairpin"]) == 2
+    assert f"{path}: document 1 (CorpusEntry): {message}" in capsys.readouterr().err
+    with pytest.raises(ScenarioError) as info:
+        read_entry(path)
+    assert str(info.value) == f"{path}: document 1 (CorpusEntry): {message}"
 
 
-# -- 8. documents are numbered as in the file ---------------------------------------------------------
+def test_corpus_entry_values_are_read() -> None:
+    from datetime import date
+
+    from conformance.cases import CorpusMeta, parse_case_file
+
+    case, meta = parse_case_file(case_text(corpus=True), source="case.yaml")
+    assert meta == CorpusMeta("hairpin", "reference", "pass", date(2026, 1, 31), "spec failure", "")
+    assert parse_case_file(case_text(), source="case.yaml") == (case, None)
+
+
+def test_corpus_file_needs_a_corpus_entry(tmp_path: Path) -> None:
+    from conformance.reporting.corpus import read_entry
+
+    path = tmp_path / "case.yaml"
+    path.write_text(case_text(), encoding="utf-8")
+    with pytest.raises(ScenarioError) as info:
+        read_entry(path)
+    assert str(info.value) == (
+        f"{path}: no CorpusEntry document: a corpus file needs one (apiVersion: netconformance.io/v1, kind: CorpusEntry)"
+    )
+
+
+# -- 8. destinations no cluster address can be ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("destination", "range_"),
+    [
+        ("255.255.255.255", "240.0.0.0/4 (reserved, incl. broadcast)"),
+        ("0.0.0.0", "0.0.0.0/8 ('this network')"),
+        ("127.0.0.1", "127.0.0.0/8 (loopback)"),
+        ("224.0.0.1", "224.0.0.0/4 (multicast)"),
+    ],
+)
+def test_probe_destination_cannot_be_unusable(destination: str, range_: str) -> None:
+    message = error_of(case_text(probes=PROBE.replace("destination: 10.244.1.11", f"destination: {destination}")))
+    assert message == (
+        f"case.yaml: document 4 (ProbeList): probes[0].destination: {destination} is in {range_}, "
+        "which no probe can reach: expected a unicast address such as a pod's"
+    )
+
+
+def test_probe_to_a_node_address_and_unknown_unicast_addresses_is_fine() -> None:
+    probes = PROBE.replace("destination: 10.244.1.11", "destination: 172.18.0.2").replace("8080", "30080")
+    probes += PROBE.replace("10.244.1.11", "8.8.8.8") + PROBE.replace("10.244.1.11", "223.255.255.255")
+    case = parse_case(case_text(probes=probes), source="case.yaml")
+    assert [str(p.dst) for p in case.probes] == ["172.18.0.2", "8.8.8.8", "223.255.255.255"]
+
+
+# -- 9. YAML merge keys -------------------------------------------------------------------------------
+
+
+def test_probes_may_share_fields_through_a_merge_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Before: "could not determine a constructor for the tag 'tag:yaml.org,2002:merge'".
+    probes = "- &p\n  " + PROBE[2:] + "- <<: *p\n  protocol: UDP\n"
+    text = case_text(probes=probes)
+    case = parse_case(text, source="case.yaml")
+    assert [str(p) for p in case.probes] == [
+        "pod:default/pod-a -> 10.244.1.11:8080/TCP",
+        "pod:default/pod-a -> 10.244.1.11:8080/UDP",
+    ]
+    path = tmp_path / "case.yaml"
+    path.write_text(text, encoding="utf-8")
+    assert main(["replay", str(path), "--spec", "connectivity"]) == 0
+    assert "holds for this case" in capsys.readouterr().out
+
+
+def test_a_key_written_twice_next_to_a_merge_key_is_still_a_duplicate() -> None:
+    probes = "- &p\n  " + PROBE[2:] + "- <<: *p\n  protocol: UDP\n  protocol: TCP\n"
+    text = case_text(probes=probes)
+    line = line_of(text, "  protocol: TCP", 2)
+    assert error_of(text) == f"case.yaml: line {line}, column 3: invalid YAML: duplicate key 'protocol'"
+
+
+# -- 10. the case file argument ------------------------------------------------------------------------
+
+
+def test_empty_case_path_is_named_as_such(capsys: pytest.CaptureFixture[str]) -> None:
+    # Before: ": cannot read: Is a directory" (Path("") is ".").
+    with pytest.raises(ScenarioError) as info:
+        load_case("")
+    assert str(info.value) == "case file: expected the path of a case file, got an empty string"
+    assert main(["replay", "", "--spec", "hairpin"]) == 2
+    assert "case file: expected the path of a case file, got an empty string" in capsys.readouterr().err
+
+
+# -- 11. documents are numbered as in the file ---------------------------------------------------------
 
 
 def test_scenario_errors_number_documents_as_in_the_file() -> None:

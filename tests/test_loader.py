@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conformance.loader import ScenarioError, dump_scenario, load_scenario, parse_scenario
+from conformance.loader import ScenarioError, dump_scenario, load_scenario, parse_scenario, read_documents
 from conformance.model import LabelSelector, NetworkPolicy, Scenario, labels
 from conformance.strategies import classic_scenario, hairpin_scenarios, scenarios
 
@@ -455,6 +455,58 @@ CASES: list[tuple[str, str, str]] = [
         "x.yaml: Knobs: spec.serviceCIDR: 10.244.0.0/20 overlaps clusterCIDR 10.244.0.0/16",
     ),
     (
+        "serviceCIDR in loopback",
+        docs(NODE, "apiVersion: netconformance.io/v1\nkind: Knobs\nspec: {serviceCIDR: 127.0.0.0/8}\n"),
+        "x.yaml: document 2 (Knobs): spec.serviceCIDR: 127.0.0.0/8 overlaps 127.0.0.0/8 (loopback), "
+        "which no cluster can use",
+    ),
+    (
+        "clusterCIDR multicast",
+        docs(NODE, "apiVersion: netconformance.io/v1\nkind: Knobs\nspec: {clusterCIDR: 224.0.0.0/4}\n"),
+        "x.yaml: document 2 (Knobs): spec.clusterCIDR: 224.0.0.0/4 overlaps 224.0.0.0/4 (multicast), "
+        "which no cluster can use",
+    ),
+    (
+        "clusterCIDR everything",
+        docs(
+            NODE, "apiVersion: netconformance.io/v1\nkind: Knobs\nmetadata: {name: k}\nspec: {clusterCIDR: 0.0.0.0/0}\n"
+        ),
+        "x.yaml: Knobs k: spec.clusterCIDR: 0.0.0.0/0 overlaps 0.0.0.0/8 ('this network'), which no cluster can use",
+    ),
+    (
+        "nodeCIDR in loopback",
+        docs(NODE, "apiVersion: netconformance.io/v1\nkind: Knobs\nspec: {nodeCIDR: 127.0.0.0/24}\n"),
+        "x.yaml: document 2 (Knobs): spec.nodeCIDR: 127.0.0.0/24 overlaps 127.0.0.0/8 (loopback), "
+        "which no cluster can use",
+    ),
+    (
+        "nodeCIDR multicast",
+        docs(NODE, "apiVersion: netconformance.io/v1\nkind: Knobs\nspec: {nodeCIDR: 224.0.0.0/24}\n"),
+        "spec.nodeCIDR: 224.0.0.0/24 overlaps 224.0.0.0/4 (multicast), which no cluster can use",
+    ),
+    (
+        "serviceCIDR reserved",
+        docs(NODE, "apiVersion: netconformance.io/v1\nkind: Knobs\nspec: {serviceCIDR: 255.255.255.0/24}\n"),
+        "spec.serviceCIDR: 255.255.255.0/24 overlaps 240.0.0.0/4 (reserved, incl. broadcast), which no cluster can use",
+    ),
+    (
+        "podCIDR in loopback",
+        NODE.replace("10.244.1.0/24", "127.0.1.0/24"),
+        "x.yaml: Node node-1: spec.podCIDR: 127.0.1.0/24 overlaps 127.0.0.0/8 (loopback), which no cluster can use",
+    ),
+    (
+        "ClusterIP is the serviceCIDR's network address",
+        docs(NODE, service("[{port: 80}]").replace("10.96.0.100", "10.96.0.0")),
+        "x.yaml: Service default/svc-b: spec.clusterIP: 10.96.0.0 is the network address of serviceCIDR "
+        "10.96.0.0/12, not a host address",
+    ),
+    (
+        "ClusterIP is the serviceCIDR's broadcast address",
+        docs(NODE, service("[{port: 80}]").replace("10.96.0.100", "10.111.255.255")),
+        "x.yaml: Service default/svc-b: spec.clusterIP: 10.111.255.255 is the broadcast address of serviceCIDR "
+        "10.96.0.0/12, not a host address",
+    ),
+    (
         "knob not a boolean",
         docs(NODE, "apiVersion: netconformance.io/v1\nkind: Knobs\nspec: {masqueradeHairpin: 'yes'}\n"),
         "x.yaml: document 2 (Knobs): spec.masqueradeHairpin: expected true or false, got 'yes'",
@@ -505,6 +557,86 @@ def test_load_names_the_file_as_given(tmp_path: Path) -> None:
 def test_empty_documents_are_skipped() -> None:
     s = parse_scenario("---\n" + NODE + "---\n", source="x.yaml")
     assert s.nodes[0].ip == IPv4Address("172.18.0.2")
+
+
+def test_usable_cidrs_next_to_unusable_ones_load() -> None:
+    # Just outside each refused range: nothing but the ranges themselves is refused.
+    knobs = "apiVersion: netconformance.io/v1\nkind: Knobs\nspec: {clusterCIDR: 1.0.0.0/16, serviceCIDR: 126.0.0.0/8, nodeCIDR: 223.255.255.0/24}\n"
+    node = NODE.replace("10.244.1.0/24", "1.0.1.0/24").replace("172.18.0.2", "223.255.255.254")
+    svc = service("[{port: 80}]").replace("10.96.0.100", "126.255.255.254")
+    s = parse_scenario(docs(knobs, node, svc), source="x.yaml")
+    assert (s.nodes[0].ip, s.services[0].cluster_ip) == (IPv4Address("223.255.255.254"), IPv4Address("126.255.255.254"))
+
+
+# -- YAML merge keys ------------------------------------------------------------------
+
+
+def test_merge_key_merges_and_a_written_key_overrides() -> None:
+    # Before: "could not determine a constructor for the tag 'tag:yaml.org,2002:merge'".
+    # Anchors do not cross documents, so the pods share a List.
+    pod_a = pod().replace("metadata:\n  name: pod-a\n", "metadata: &meta\n  name: pod-a\n")
+    pod_b = "apiVersion: v1\nkind: Pod\nmetadata:\n  <<: *meta\n  name: pod-b\nspec: {nodeName: node-1}\n"
+    pod_b += "status: {podIP: 10.244.1.11}\n"
+    items = "".join("- " + doc.replace("\n", "\n  ").rstrip() + "\n" for doc in (NODE, pod_a, pod_b))
+    s = parse_scenario("apiVersion: v1\nkind: List\nitems:\n" + items, source="x.yaml")
+    assert [(p.name, p.labels, p.ip) for p in s.pods] == [
+        ("pod-a", labels({"app": "a"}), IPv4Address("10.244.1.10")),
+        ("pod-b", labels({"app": "a"}), IPv4Address("10.244.1.11")),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # A merged mapping reused after one of its own keys overrode a merged one: not a duplicate.
+        (
+            "first:\n  <<: &defaults\n    <<: &base {source: staging}\n    source: production\nsecond: *defaults\n"
+            "third: {<<: *defaults}\n",
+            {
+                "first": {"source": "production"},
+                "second": {"source": "production"},
+                "third": {"source": "production"},
+            },
+        ),
+        # The written key wins wherever it is written.
+        ("a: &a {x: 1, yy: 2}\nb: {yy: 3, <<: *a}\n", {"a": {"x": 1, "yy": 2}, "b": {"x": 1, "yy": 3}}),
+        # Of several merged mappings the earlier wins (PyYAML 6.0.4's own merge lets the last win).
+        (
+            "a: &a {kk: 1}\nb: &b {kk: 2, zz: 3}\nc: {<<: [*a, *b]}\n",
+            {"a": {"kk": 1}, "b": {"kk": 2, "zz": 3}, "c": {"kk": 1, "zz": 3}},
+        ),
+        # ... also for a key merged into the merged mapping (PyYAML 6.0.4 keeps the merged 1).
+        ("q: &q {a: 1}\nl: [&p {<<: *q, a: 2}]\nr: {<<: *p}\n", {"q": {"a": 1}, "l": [{"a": 2}], "r": {"a": 2}}),
+    ],
+)
+def test_merge_key_precedence(text: str, expected: dict[str, object]) -> None:
+    assert read_documents(text, "x.yaml") == [expected]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a: &a {x: 1}\nb:\n  <<: *a\n  y: 1\n  y: 2\n", "x.yaml: line 5, column 3: invalid YAML: duplicate key 'y'"),
+        ("a: &a {x: 1, x: 2}\nb: {<<: *a}\n", "x.yaml: line 1, column 14: invalid YAML: duplicate key 'x'"),
+        ("a: &a {x: 1}\nb:\n  <<: *a\n  <<: *a\n", "x.yaml: line 4, column 3: invalid YAML: duplicate key '<<'"),
+        (
+            "b: {<<: [{x: 1}, 5]}\n",
+            "x.yaml: line 1, column 18: invalid YAML: expected a mapping or list of mappings for merging, but found scalar",
+        ),
+        ("a: &a {x: 1, <<: *a}\n", "x.yaml: line 1, column 4: invalid YAML: a mapping cannot merge itself"),
+    ],
+)
+def test_merge_key_errors(text: str, expected: str) -> None:
+    with pytest.raises(ScenarioError) as info:
+        read_documents(text, "x.yaml")
+    assert str(info.value) == expected
+
+
+def test_merges_of_merges_do_not_grow_exponentially() -> None:
+    # Each level merges the one below twice: 2**40 pairs if duplicates were kept (yaml/pyyaml#897).
+    levels = ["l0: &l0 {k0: 0}"] + [f"l{i}: &l{i} {{<<: [*l{i - 1}, *l{i - 1}], k{i}: {i}}}" for i in range(1, 41)]
+    (doc,) = read_documents("\n".join(levels) + "\n", "x.yaml")
+    assert isinstance(doc, dict) and doc["l40"] == {f"k{i}": i for i in range(41)}
 
 
 # -- no input, however broken, gives anything but a ScenarioError ---------------------

@@ -24,25 +24,32 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Literal, cast
 
 import yaml
 
 from backends import Backend
-from conformance.cases import Case, dump_case, parse_case
+from conformance.cases import (
+    CORPUS_EXPECTS,
+    CORPUS_SOURCES,
+    Case,
+    CorpusExpect,
+    CorpusSource,
+    dump_case,
+    parse_case_file,
+)
 from conformance.implementations import REFERENCE, Implementation, get_implementation
-from conformance.loader import ScenarioError, read_documents
+from conformance.loader import ScenarioError
 from conformance.probes import Observation
 from conformance.runner import replay, run_spec
 from conformance.specs import Spec
 
 API = "netconformance.io/v1"
 KIND = "CorpusEntry"
-Expect = Literal["pass", "fail"]
-Source = Literal["spec failure", "backend disagreement"]
-EXPECTS: tuple[Expect, ...] = ("pass", "fail")
-SOURCES: tuple[Source, ...] = ("spec failure", "backend disagreement")
-_FIELDS = ("apiVersion", "kind", "spec", "implementation", "expect", "found", "source", "note")
+# Checked in conformance.cases, so `replay` refuses what the corpus would.
+Expect = CorpusExpect
+Source = CorpusSource
+EXPECTS = CORPUS_EXPECTS
+SOURCES = CORPUS_SOURCES
 
 
 @dataclass(frozen=True)
@@ -109,35 +116,19 @@ def read_entry(path: Path) -> CorpusEntry:
         raise ScenarioError(f"{where}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise ScenarioError(f"{where}: not UTF-8 text: {e.reason} at byte {e.start}") from None
-    docs = read_documents(text, where)  # strict: a duplicate key is an error with its line
-    metas = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
-    if len(metas) != 1:
-        raise ScenarioError(f"{where}: expected exactly one kind: {KIND} document, found {len(metas)}")
-    meta = metas[0]
-    unknown = set(meta) - set(_FIELDS)
-    if unknown:
-        raise ScenarioError(f"{where}: {KIND}: unknown fields {sorted(unknown)} (known: {', '.join(_FIELDS)})")
-    if meta.get("apiVersion") != API:
-        raise ScenarioError(f"{where}: {KIND}: apiVersion must be {API}, got {meta.get('apiVersion')!r}")
-    for name in ("spec", "implementation"):
-        if not isinstance(meta.get(name), str) or not meta[name]:
-            raise ScenarioError(f"{where}: {KIND}.{name}: expected a name")
-    if meta.get("expect") not in EXPECTS:
-        raise ScenarioError(f"{where}: {KIND}.expect: expected pass or fail, got {meta.get('expect')!r}")
-    if meta.get("source") not in SOURCES:
-        raise ScenarioError(f"{where}: {KIND}.source: expected one of {list(SOURCES)}, got {meta.get('source')!r}")
-    if not isinstance(meta.get("found"), date):
-        raise ScenarioError(f"{where}: {KIND}.found: expected a date (YYYY-MM-DD), got {meta.get('found')!r}")
-    case = parse_case(text, source=where)  # the whole file, so errors number documents as they are in it
+    # Strict, as any case file: duplicate keys, unknown fields and bad values are errors.
+    case, meta = parse_case_file(text, source=where)
+    if meta is None:
+        raise ScenarioError(f"{where}: no {KIND} document: a corpus file needs one (apiVersion: {API}, kind: {KIND})")
     return CorpusEntry(
         path=path,
         case=case,
-        spec=meta["spec"],
-        implementation=meta["implementation"],
-        expect=cast(Expect, meta["expect"]),
-        found=meta["found"],
-        source=cast(Source, meta["source"]),
-        note=str(meta.get("note") or ""),
+        spec=meta.spec,
+        implementation=meta.implementation,
+        expect=meta.expect,
+        found=meta.found,
+        source=meta.source,
+        note=meta.note,
     )
 
 
