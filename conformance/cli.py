@@ -23,6 +23,7 @@ from backends import Backend, BackendUnavailable, backend_names, get_backend
 from backends.sim.iptables import RulesetError
 from backends.sim.kernel import SimError
 from backends.sim_snapshot import SimSnapshotBackend
+from conformance.arguments import count
 from conformance.bench import render as render_bench
 from conformance.bench import run_bench
 from conformance.cases import dump_case, load_case
@@ -62,17 +63,6 @@ def _split(value: str, option: str) -> list[str]:
         if names.count(name) > 1:
             _fail(f"{option} {value}: {name} is given twice")
     return names
-
-
-def _count(value: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {n}")
-    return n
 
 
 def _run_id(value: str) -> str:
@@ -475,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     def common(sp: argparse.ArgumentParser, examples: int) -> None:
         sp.add_argument("--backend", default="sim", help="comma-separated backends (default: sim)")
         sp.add_argument("--spec", action="append", help="a spec to run (repeatable; default: all)")
-        sp.add_argument("--examples", type=_count, default=examples, help=f"examples per spec (default: {examples})")
+        sp.add_argument("--examples", type=count, default=examples, help=f"examples per spec (default: {examples})")
         sp.add_argument("--seed", type=int, default=None, help="Hypothesis seed (default: random, printed)")
 
     run = sub.add_parser("run", help="run the specs against an implementation on backends")
@@ -510,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmp = sub.add_parser("compare", help="differential run: a real backend's samples against the simulator")
     cmp.add_argument("--backends", default="sim,netns", help="the exact backend and real ones (default: sim,netns)")
-    cmp.add_argument("--examples", type=_count, default=100)
+    cmp.add_argument("--examples", type=count, default=100)
     cmp.add_argument("--seed", type=int, default=None)
     cmp.add_argument("--implementation", default=REFERENCE)
     cmp.add_argument("--report-dir", default=str(DEFAULT_REPORT_DIR))
@@ -537,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="measure the simulator and the real-kernel backend; print figures")
     bn.add_argument("--backends", default="sim,netns", help="backends to measure (unavailable ones are noted)")
     bn.add_argument("--tox", default="", help="also time these tox envs, e.g. sim,netns (slow)")
-    bn.add_argument("--compare-examples", type=_count, default=100)
+    bn.add_argument("--compare-examples", type=count, default=100)
     bn.add_argument("--out", default="reports/bench", help="where the JSON figures go")
     bn.set_defaults(func=cmd_bench)
 

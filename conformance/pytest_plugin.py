@@ -8,7 +8,6 @@ environment variable NETCONFORMANCE_REQUIRE_BACKENDS names it.
 
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from backends import Backend, BackendUnavailable, backend_names, get_backend
+from conformance.arguments import count
 from conformance.runner import SpecResult
 
 _RESULTS = pytest.StashKey[list[SpecResult]]()
@@ -30,21 +30,10 @@ REQUIRE_ENV = "NETCONFORMANCE_REQUIRE_BACKENDS"
 _WORKER_KEY = "netconformance_results"
 
 
-def _count(value: str) -> int:
-    """--nc-examples: a whole number of at least 1 (Hypothesis' max_examples)."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {n}")
-    return n
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("netconformance")
     group.addoption("--backend", default="sim", help="comma-separated netconformance backends (default: sim)")
-    group.addoption("--nc-examples", type=_count, default=100, help="Hypothesis examples per spec (default: 100)")
+    group.addoption("--nc-examples", type=count, default=100, help="Hypothesis examples per spec (default: 100)")
     group.addoption("--nc-seed", type=int, default=None, help="Hypothesis seed for the specs (default: random)")
 
 
