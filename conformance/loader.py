@@ -30,6 +30,7 @@ import difflib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
+from datetime import date, datetime
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Literal, NoReturn, TypeVar
@@ -196,6 +197,16 @@ class _StrictLoader(_SafeLoader):  # type: ignore[misc,valid-type]
             last = {_key_id(k): i for i, (k, _) in enumerate(pairs)}
             node.value = [pair for i, pair in enumerate(pairs) if last[_key_id(pair[0])] == i]
 
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> object:
+        # An unquoted 2026-13-45 looks like a date to YAML and fails with a bare
+        # ValueError; as a ConstructorError it gets its line and column.
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError as e:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{node.value!r} is not a valid date or time ({e}); quote it if it is text", node.start_mark
+            ) from None
+
     def _check_duplicates(self, node: yaml.MappingNode) -> None:
         seen: set[object] = set()
         merges = 0
@@ -217,6 +228,10 @@ class _StrictLoader(_SafeLoader):  # type: ignore[misc,valid-type]
                     f"duplicate key {shown}",
                     key_node.start_mark,
                 )
+
+
+# Constructors are looked up in a table, not as methods: register the override.
+_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _StrictLoader.construct_yaml_timestamp)
 
 
 def read_documents(text: str, source: str) -> list[object]:
@@ -245,6 +260,8 @@ def _show(value: object) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, date | datetime):
+        return f"the date {value.isoformat()}"  # YAML reads an unquoted 2026-11-23 as one
     return repr(value)
 
 
@@ -293,7 +310,7 @@ class Ctx:
 
     def string(self, value: object, path: str, what: str = "a string") -> str:
         if not isinstance(value, str):
-            hint = " (quote it)" if isinstance(value, (bool, int, float)) else ""
+            hint = " (quote it)" if isinstance(value, (bool, int, float, date, datetime)) else ""
             self.fail(path, f"expected {what}, got {_show(value)}{hint}")
         return value
 

@@ -521,7 +521,7 @@ def load_dataplane(text: str, source: str = "<dataplane>") -> Dataplane:
     """Read what `dump_dataplane` wrote (JSON or YAML); strict about keys and types."""
     try:
         doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, ValueError) as e:  # ValueError: an unquoted impossible date such as 2026-13-45
         raise DataplaneFormatError(f"{source}: not JSON/YAML: {e}") from None
     d = _Doc(source)
     top = d.obj(doc, "", {"apiVersion", "kind", "implementation", "sources", "namespaces"})

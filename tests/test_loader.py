@@ -693,3 +693,16 @@ def test_arbitrary_text_only_ever_raises_scenario_error(text: str) -> None:
         parse_scenario(text, source="t.yaml")
     except ScenarioError as e:
         assert str(e).startswith("t.yaml: ")
+
+
+def test_an_impossible_unquoted_date_is_an_error_with_its_place() -> None:
+    # YAML reads 2024-02-30 as a date and fails with a bare ValueError (was a traceback).
+    text = docs(NODE, pod().replace("labels: {app: a}", "labels: {app: 2024-02-30}"))
+    message = error_of(text)
+    assert "x.yaml: line 12, column 17: invalid YAML: '2024-02-30' is not a valid date or time" in message
+    assert "quote it if it is text" in message
+
+
+def test_a_valid_unquoted_date_as_a_label_value_says_quote_it() -> None:
+    message = error_of(docs(NODE, pod().replace("labels: {app: a}", "labels: {app: 2024-02-29}")))
+    assert "metadata.labels.app: expected a label value (a string), got the date 2024-02-29 (quote it)" in message
