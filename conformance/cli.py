@@ -12,8 +12,6 @@ import importlib
 import json
 import re
 import sys
-import time
-import uuid
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -37,7 +35,7 @@ from conformance.implementations import (
 )
 from conformance.loader import ScenarioError, load_scenario
 from conformance.progress import Progress
-from conformance.reporting import RunMeta, write_run
+from conformance.reporting import RunMeta, new_run_dir, write_run
 from conformance.reporting import register as register_report
 from conformance.runner import SpecResult, replay, run_spec, summarize
 from conformance.snapshot import SnapshotError, dump_dataplane
@@ -133,13 +131,10 @@ def _run_dir(report_dir: str) -> Path:
     """A new directory for one run's reports, made before the run so a bad --report-dir costs nothing."""
     if not report_dir:
         _fail("--report-dir: give a directory")
-    base = Path(report_dir)
-    path = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        return new_run_dir(Path(report_dir))
     except OSError as e:
-        _fail(f"--report-dir {base}: cannot create {path}: {e.strerror or e}")
-    return path
+        _fail(f"--report-dir {report_dir}: cannot create {e.filename or report_dir}: {e.strerror or e}")
 
 
 def _run_matrix(

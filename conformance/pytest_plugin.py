@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,11 +66,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if not results:
         return
-    from conformance.reporting import RunMeta, write_run  # only when there is something to write
+    from conformance.reporting import RunMeta, new_run_dir, write_run  # only when there is something to write
 
-    base = Path(os.environ.get("NETCONFORMANCE_REPORT_DIR", "reports/runs"))
-    run_dir = base / f"{time.strftime('%Y%m%d-%H%M%S')}-pytest-{uuid.uuid4().hex[:6]}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = new_run_dir(Path(os.environ.get("NETCONFORMANCE_REPORT_DIR", "reports/runs")), maker="pytest")
     meta = RunMeta(datetime.now(UTC), ("pytest", *session.config.invocation_params.args))
     report = write_run(run_dir, results=results, meta=meta)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -7,7 +7,7 @@ from conformance.reporting.command import cmd_report, register
 from conformance.reporting.corpus import CorpusEntry, add_to_corpus, load_corpus
 from conformance.reporting.document import ResultsError
 from conformance.reporting.meta import RunMeta
-from conformance.reporting.run import RunReport, write_run
+from conformance.reporting.run import RunReport, new_run_dir, write_run
 
 __all__ = [
     "BaselineDiff",
@@ -21,6 +21,7 @@ __all__ = [
     "cmd_report",
     "compare_with_baseline",
     "load_corpus",
+    "new_run_dir",
     "register",
     "render_diff",
     "write_run",

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 from conformance.reporting.baseline import compare_with_baseline, render_diff
 from conformance.reporting.document import ResultsError
+from conformance.reporting.run import RUN_NAME
 
 DEFAULT_RUNS = Path("reports/runs")
 
 
-# A run directory is named <YYYYmmdd-HHMMSS>-<hex id> (cli._run_dir), or <YYYYmmdd-HHMMSS>-pytest-<hex id> (the pytest
-# plugin): the fixed-width time comes first, so sorting the names sorts runs by time, and anything else under the runs
-# directory (a copy, a scratch dir) is not a run to pick.
-RUN_NAME = re.compile(r"\d{8}-\d{6}-(pytest-)?[0-9a-f]+")
-
-
 def newest_run(runs: Path) -> Path:
+    # Run directories sort by time by name (RUN_NAME); anything else under the
+    # runs directory (a copy, a scratch dir) is not a run to pick.
     found = sorted(p.parent for p in runs.glob("*/results.json") if RUN_NAME.fullmatch(p.parent.name))
     if not found:
         others = sorted(p.parent.name for p in runs.glob("*/results.json"))

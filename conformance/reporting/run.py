@@ -7,6 +7,9 @@ cases/ (each failure's and disagreement's minimal case, replayable alone).
 from __future__ import annotations
 
 import json
+import re
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +22,18 @@ from conformance.reporting.junit import junit_backends, junit_xml
 from conformance.reporting.meta import RunMeta, collect_versions
 from conformance.reporting.reproduce import SavedCase, save_disagreement_case, save_failure_case
 from conformance.runner import SpecResult
+
+# A run directory's name: the time first, so names sort by time; then who made
+# it (`pytest-` for the pytest plugin, nothing for the CLI) and a random id.
+RUN_NAME = re.compile(r"\d{8}-\d{6}-(pytest-)?[0-9a-f]+")
+
+
+def new_run_dir(base: Path, *, maker: str = "") -> Path:
+    """A new directory under `base` named like RUN_NAME (OSError if it cannot be made)."""
+    tag = f"{maker}-" if maker else ""
+    path = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{tag}{uuid.uuid4().hex[:6]}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @dataclass(frozen=True)
