@@ -21,7 +21,7 @@ from backends import Backend, BackendUnavailable, backend_names, get_backend
 from backends.sim.iptables import RulesetError
 from backends.sim.kernel import SimError
 from backends.sim_snapshot import SimSnapshotBackend
-from conformance.arguments import count
+from conformance.arguments import UsageError, backend_list, count, name_list
 from conformance.bench import render as render_bench
 from conformance.bench import run_bench
 from conformance.cases import dump_case, load_case
@@ -46,21 +46,8 @@ from conformance.tracing import Query, TraceError, trace
 DEFAULT_REPORT_DIR = Path("reports/runs")
 
 
-class UsageError(Exception):
-    pass
-
-
 def _fail(message: str) -> NoReturn:
     raise UsageError(message)
-
-
-def _split(value: str, option: str) -> list[str]:
-    """Comma-separated names; a name given twice is a mistake (it would run twice)."""
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    for name in names:
-        if names.count(name) > 1:
-            _fail(f"{option} {value}: {name} is given twice")
-    return names
 
 
 def _run_id(value: str) -> str:
@@ -72,7 +59,7 @@ def _run_id(value: str) -> str:
 
 def _backends(names: str, option: str = "--backend") -> list[Backend]:
     out: list[Backend] = []
-    for name in _split(names, option):
+    for name in name_list(names, option):
         try:
             backend = get_backend(name)
             backend.preflight()
@@ -96,7 +83,7 @@ def _one(items: list[str], option: str) -> str:
 def _specs(names: Sequence[str] | None) -> list[str]:
     """--spec values (repeatable, each may be a comma-separated list), checked."""
     specs = all_specs()
-    chosen = _split(",".join(names), "--spec") if names else list(specs)
+    chosen = name_list(",".join(names), "--spec") if names else list(specs)
     for name in chosen:
         if name not in specs:
             _fail(f"--spec {name}: unknown spec (known: {', '.join(specs)})")
@@ -108,7 +95,7 @@ def _specs(names: Sequence[str] | None) -> list[str]:
 def _implementation(names: str) -> list[str]:
     """One or more comma-separated implementation names, checked."""
     known = [*IMPLEMENTATIONS, *CNI_PLUGIN_IMPLEMENTATIONS]
-    chosen = _split(names, "--implementation")
+    chosen = name_list(names, "--implementation")
     for name in chosen:
         if name not in known:
             _fail(f"--implementation {name}: unknown (known: {', '.join(known)})")
@@ -237,8 +224,7 @@ def cmd_mutants(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     spec = get_spec(_one(_specs([args.spec]), "--spec"))
     impl = _one(_implementation(args.implementation), "--implementation")
-    _one(_split(args.backend, "--backend"), "--backend")
-    (backend,) = _backends(args.backend)
+    (backend,) = _backends(_one(name_list(args.backend, "--backend"), "--backend"))
     _check_pairs([backend], [impl])
     case = load_case(args.case)
     observations, violations = replay(spec, case, backend, get_implementation(impl))
@@ -364,13 +350,8 @@ def _import_backend_module(name: str) -> object | None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     # Checked before the benchmarks run (they take minutes): names, the output directory.
-    backends = _split(args.backends, "--backends")
-    for name in backends:
-        if name not in backend_names():
-            _fail(f"--backends {name}: unknown backend (known: {', '.join(backend_names())})")
-    if not backends:
-        _fail("--backends: give at least one backend name, e.g. sim")
-    tox_envs = _split(args.tox, "--tox") if args.tox else []
+    backends = backend_list(args.backends, "--backends")
+    tox_envs = name_list(args.tox, "--tox") if args.tox else []
     known_envs = _tox_envs() if tox_envs else []
     if tox_envs and not known_envs:
         _fail("--tox: no tox.ini with environments in the working directory (run from the project's root)")

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from backends import Backend, BackendUnavailable, backend_names, get_backend
-from conformance.arguments import count
+from backends import Backend, BackendUnavailable, get_backend
+from conformance.arguments import UsageError, backend_list, count
 from conformance.runner import SpecResult
 
 _RESULTS = pytest.StashKey[list[SpecResult]]()
@@ -42,16 +42,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _backend_option(value: str) -> list[str]:
     """--backend's names, checked: a typo must not turn into a skipped (so silently passing) session."""
-    names = [n.strip() for n in value.split(",") if n.strip()]
-    if not names:
-        raise pytest.UsageError("--backend: give at least one backend name, e.g. sim")
-    known = backend_names()
-    for name in names:
-        if name not in known:
-            raise pytest.UsageError(f"--backend {name}: unknown backend (known: {', '.join(known)})")
-        if names.count(name) > 1:
-            raise pytest.UsageError(f"--backend {value}: {name} is given twice")
-    return names
+    try:
+        return backend_list(value, "--backend")
+    except UsageError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
+def selected_backends(config: pytest.Config) -> list[str]:
+    """The backends `--backend` names, as checked at start-up."""
+    return config.stash[_BACKENDS]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -93,7 +92,7 @@ def nc_record(request: pytest.FixtureRequest) -> Callable[[SpecResult], None]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "nc_backend" in metafunc.fixturenames:
-        names = metafunc.config.stash[_BACKENDS]
+        names = selected_backends(metafunc.config)
         metafunc.parametrize("nc_backend", names, indirect=True, ids=names)
 
 

@@ -20,7 +20,7 @@ from backends.sim import SimBackend
 from conformance.dataplane import Dataplane
 from conformance.model import Scenario
 from conformance.probes import Observation, Outcome, Probe
-from conformance.pytest_plugin import required_backends
+from conformance.pytest_plugin import required_backends, selected_backends
 from conformance.strategies import classic_scenario
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ def live_or_skip(
     what: str | None = None,
 ) -> None:
     """Skip (or fail, when required) unless backend `name` is chosen and `preflight` passes."""
-    chosen = {n.strip() for n in str(request.config.getoption("--backend")).split(",")}
+    chosen = selected_backends(request.config)
     required = name in required_backends()
     if name not in chosen and (selected_only or not required):
         pytest.skip(f"the {name} backend is not selected (run with --backend {name})")
