@@ -25,7 +25,15 @@ from typing import Literal
 
 import yaml
 
-from conformance.loader import Ctx, ScenarioError, dump_scenario, parse_documents, read_documents, unusable_range
+from conformance.loader import (
+    Ctx,
+    ScenarioError,
+    dump_scenario,
+    parse_documents,
+    read_documents,
+    read_text,
+    unusable_range,
+)
 from conformance.model import Protocol, Scenario
 from conformance.probes import Probe
 
@@ -203,10 +211,4 @@ def load_case(path: str | Path) -> Case:
     """Load a case file; errors are `ScenarioError` naming the file."""
     if path == "":  # Path("") is ".", a directory: say what is wrong instead
         raise ScenarioError("case file: expected the path of a case file, got an empty string")
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ScenarioError(f"{path}: cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise ScenarioError(f"{path}: not UTF-8 text: {e.reason} at byte {e.start}") from None
-    return parse_case(text, source=str(path))
+    return parse_case(read_text(path), source=str(path))

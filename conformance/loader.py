@@ -66,6 +66,7 @@ __all__ = [
     "parse_documents",
     "parse_scenario",
     "read_documents",
+    "read_text",
     "unusable_range",
 ]
 
@@ -979,15 +980,19 @@ def parse_documents(documents: Sequence[object], *, source: str, handled: Sequen
     return scenario
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Load a scenario file; errors are `ScenarioError` naming the file."""
+def read_text(path: str | Path) -> str:
+    """A YAML input file's text (scenario, case, corpus entry); errors are `ScenarioError` naming the file."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ScenarioError(f"{path}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise ScenarioError(f"{path}: not UTF-8 text: {e.reason} at byte {e.start}") from None
-    return parse_scenario(text, source=str(path))
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Load a scenario file; errors are `ScenarioError` naming the file."""
+    return parse_scenario(read_text(path), source=str(path))
 
 
 # -- writing ---------------------------------------------------------------------------

@@ -29,8 +29,10 @@ import yaml
 
 from backends import Backend
 from conformance.cases import (
+    CORPUS_ENTRY,
     CORPUS_EXPECTS,
     CORPUS_SOURCES,
+    PROBES_API,
     Case,
     CorpusExpect,
     CorpusSource,
@@ -38,13 +40,13 @@ from conformance.cases import (
     parse_case_file,
 )
 from conformance.implementations import REFERENCE, Implementation, get_implementation
-from conformance.loader import ScenarioError
+from conformance.loader import ScenarioError, read_text
 from conformance.probes import Observation
 from conformance.runner import replay, run_spec
 from conformance.specs import Spec
 
-API = "netconformance.io/v1"
-KIND = "CorpusEntry"
+API = PROBES_API
+KIND = CORPUS_ENTRY
 # Checked in conformance.cases, so `replay` refuses what the corpus would.
 Expect = CorpusExpect
 Source = CorpusSource
@@ -110,12 +112,7 @@ def add_to_corpus(
 
 def read_entry(path: Path) -> CorpusEntry:
     where = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ScenarioError(f"{where}: cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise ScenarioError(f"{where}: not UTF-8 text: {e.reason} at byte {e.start}") from None
+    text = read_text(path)
     # Strict, as any case file: duplicate keys, unknown fields and bad values are errors.
     case, meta = parse_case_file(text, source=where)
     if meta is None:
