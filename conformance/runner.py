@@ -94,6 +94,8 @@ class SpecResult:
     error: str | None = None  # the run could not judge (e.g. the simulator lacks a feature)
     notes: list[str] = field(default_factory=list)
     records: list[ExampleRecord] = field(default_factory=list)  # every example, in run order
+    # A deliberately broken implementation: its FAIL is the spec catching it (the report judges it so).
+    broken: bool = False
 
     @property
     def passed(self) -> bool:
@@ -177,7 +179,16 @@ def run_spec(
     fixed = getattr(backend, "fixed_knob_reason", None)
     reason = fixed(spec.knobs) if fixed is not None and spec.knobs else None
     if reason is not None:
-        return SpecResult(spec.name, backend.name, implementation.name, 0, 0.0, used_seed, notes=[f"skipped: {reason}"])
+        return SpecResult(
+            spec.name,
+            backend.name,
+            implementation.name,
+            0,
+            0.0,
+            used_seed,
+            notes=[f"skipped: {reason}"],
+            broken=implementation.broken,
+        )
     supports = getattr(backend, "supports", None)
     skipped: dict[str, int] = {}
     last: dict[str, Failure] = {}
@@ -213,7 +224,7 @@ def run_spec(
     )(test)
     test = hypothesis_seed(used_seed)(test)
     start = time.perf_counter()
-    result = SpecResult(spec.name, backend.name, implementation.name, 0, 0.0, used_seed)
+    result = SpecResult(spec.name, backend.name, implementation.name, 0, 0.0, used_seed, broken=implementation.broken)
     try:
         test()
     except SpecViolation:

@@ -112,6 +112,7 @@ def test_results_json_records_every_example(known: KnownRun) -> None:
         "pass",
     )
     assert ref["failure"] is None and ref["violations"] == []
+    assert ref["broken"] is False and broken["broken"] is True  # how `report` knows a FAIL is a catch
     assert len(ref["records"]) == ref["examples"] == known.results[0].examples
     for rec, original in zip(ref["records"], known.results[0].records, strict=True):
         assert rec["verdict"] == "pass" and rec["violations"] == []
@@ -328,6 +329,10 @@ def test_browser_matrix_cells(dom: Node) -> None:
     shown = re.search(r"(\d+) ex", ref.text())
     assert shown is not None and int(shown.group(1)) >= EXAMPLES + 1  # explicit example plus the generated ones
     assert len(matrix.iter("td", **{"class": "cell"})) == 2
+    rows = {row.iter("th")[0].text(): row for row in matrix.iter("tr") if row.iter("th", scope="row")}
+    assert set(rows) == {"reference", "hairpin-mode-offbroken on purpose: FAIL = caught"}
+    (totals,) = dom.iter("p", **{"class": "totals"})
+    assert "1 FAIL" in totals.text() and "1 of them broken implementations caught" in totals.text()
 
 
 def test_browser_failure_section_has_the_reproducer(dom: Node, known: KnownRun) -> None:
@@ -372,10 +377,10 @@ def test_browser_screenshot(known: KnownRun, tmp_path: Path) -> None:
 # baselines ------------------------------------------------------------------------------------------------------------
 
 
-def _relabelled(r: SpecResult, implementation: str) -> SpecResult:
+def _relabelled(r: SpecResult, implementation: str, *, broken: bool = False) -> SpecResult:
     """The same results under another implementation name: what a regression in that implementation looks like."""
     failure = None if r.failure is None else replace(r.failure, implementation=implementation)
-    return replace(r, implementation=implementation, failure=failure)
+    return replace(r, implementation=implementation, failure=failure, broken=broken)
 
 
 def test_baseline_diff_new_failure_fix_and_changed_outcome(known: KnownRun, tmp_path: Path) -> None:
@@ -458,6 +463,73 @@ def test_baseline_diff_status_rules(tmp_path: Path) -> None:
     assert diff.regressed and diff.fixes == ()
     assert diff.missing == ("policy / sim / reference",)
     assert "not in baseline" in render_diff(diff)
+
+
+def test_baseline_judges_broken_implementations_by_detection(tmp_path: Path) -> None:
+    def row(spec: str, status: str) -> dict[str, Any]:
+        return {**_cell_row(spec, "hairpin-mode-off", status), "broken": True}
+
+    baseline = _results_file(
+        tmp_path / "base.json",
+        [row("hairpin", "FAIL"), row("dnat", "FAIL"), row("policy", "ERROR"), row("connectivity", "pass")],
+    )
+    run = _results_file(
+        tmp_path / "run.json",
+        [
+            row("hairpin", "FAIL"),  # still caught
+            row("dnat", "pass"),  # the baseline caught it, the run does not: the spec lost its power
+            row("policy", "FAIL"),  # an error gone, and caught: a fix
+            row("connectivity", "ERROR"),  # an error is a new failure whatever the implementation
+            row("accept-local", "FAIL"),  # caught, and unknown to the baseline: as intended, not a failure
+        ],
+    )
+    diff = compare_with_baseline(run, baseline)
+    assert [(s.spec, s.before, s.after) for s in diff.no_longer_caught] == [("dnat", "FAIL", "pass")]
+    assert [(s.spec, s.before, s.after) for s in diff.new_failures] == [("connectivity", "pass", "ERROR")]
+    assert [(s.spec, s.before, s.after) for s in diff.fixes] == [("policy", "ERROR", "FAIL")]
+    assert diff.caught == 3 and diff.regressed
+    text = render_diff(diff)
+    assert "broken implementations no longer caught: 1" in text
+    assert "dnat / sim / hairpin-mode-off: pass (the baseline caught it: FAIL)" in text
+    assert "broken implementations caught by a spec, as intended: 3 cell(s) FAIL" in text
+
+    only_lost = _results_file(tmp_path / "lost.json", [row("hairpin", "FAIL"), row("dnat", "pass")])
+    diff = compare_with_baseline(only_lost, baseline)
+    assert diff.regressed and diff.new_failures == ()
+    assert "REGRESSED: a spec no longer catches a broken implementation" in render_diff(diff)
+
+    # A file from before the field: the implementation registry says which names are broken on purpose.
+    old_rows = [_cell_row("hairpin", "hairpin-mode-off", "FAIL"), _cell_row("dnat", "reference", "pass")]
+    old = _results_file(tmp_path / "old.json", old_rows)
+    new = _results_file(tmp_path / "new.json", [_cell_row("hairpin", "reference", "pass"), *old_rows])
+    diff = compare_with_baseline(new, old)
+    assert not diff.regressed and diff.caught == 1
+
+
+def test_report_after_a_pytest_run_passes_its_caught_mutants(
+    known: KnownRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The flow the README gives: `pytest` (reference and mutant cells), then `report` against the reference baseline."""
+    meta = RunMeta(datetime.now(UTC), ("pytest", "--backend", "sim"))
+    reference_only = write_run(tmp_path / "base", results=known.results[:1], meta=meta).results_json
+    # The reference passes and the mutant fails, as in a pytest run.
+    with_mutant = write_run(tmp_path / "run", results=known.results, meta=meta)
+    assert _report(["--baseline", str(reference_only), str(with_mutant.run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "new failures: 0" in out and "as intended: 1 cell(s) FAIL" in out and "no regression" in out
+    # The mutant passing where the baseline (the known run) caught it is the regression.
+    lost = write_run(
+        tmp_path / "lost", results=[_relabelled(known.results[0], "hairpin-mode-off", broken=True)], meta=meta
+    )
+    assert _report(["--baseline", str(with_mutant.results_json), str(lost.run_dir)]) == 1
+    assert "hairpin / sim / hairpin-mode-off: pass (the baseline caught it: FAIL)" in capsys.readouterr().out
+
+
+def test_baseline_rejects_a_broken_field_that_is_not_a_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = _results_file(tmp_path / "good.json", [_cell_row("hairpin", "reference", "pass")])
+    bad = _results_file(tmp_path / "bad.json", [{**_cell_row("hairpin", "reference", "pass"), "broken": "yes"}])
+    err = _report_error(["--baseline", str(good), str(bad)], capsys)
+    assert f'{bad}: results[0].broken: expected true or false, found "yes"' in err
 
 
 def test_baseline_reads_the_older_flat_results(tmp_path: Path) -> None:

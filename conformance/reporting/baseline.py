@@ -6,6 +6,12 @@ failing cell the baseline does not have: nobody vouched for it). A changed
 outcome is the same case in the same cell whose set of observed outcomes
 for a probe differs; cases only line up when both runs used the same seed
 and example count, so the diff says how many cases it could compare.
+
+A deliberately broken implementation (the mutants `pytest` and `mutants`
+run) is judged the other way round: its FAIL is a spec catching it, as
+intended, and the regression is a cell the baseline caught that now passes
+(the spec lost its power to tell it from the reference). Its ERROR is a new
+failure like any other.
 """
 
 from __future__ import annotations
@@ -53,10 +59,12 @@ class BaselineDiff:
     missing: tuple[str, ...]  # cells in the baseline that the run did not have
     cells_compared: int
     cases_compared: int  # cases present in both
+    no_longer_caught: tuple[StatusChange, ...] = ()  # broken implementations the baseline caught and the run passes
+    caught: int = 0  # the run's cells of broken implementations a spec caught (FAIL), as intended
 
     @property
     def regressed(self) -> bool:
-        return bool(self.new_failures)
+        return bool(self.new_failures or self.no_longer_caught)
 
 
 def _results_file(path: Path) -> Path:
@@ -77,12 +85,19 @@ def compare_with_baseline(run: Path, baseline: Path) -> BaselineDiff:
         )
     new_failures: list[StatusChange] = []
     fixes: list[StatusChange] = []
+    lost: list[StatusChange] = []
     changed: list[OutcomeChange] = []
     cases = 0
     for key, cell in now.items():
         old = before.get(key)
         old_status = old.status if old is not None else None
-        if cell.status != "pass" and cell.status != old_status:
+        if cell.broken and cell.status != "ERROR":
+            # FAIL is the spec catching a broken implementation; passing where the baseline caught it is the loss.
+            if cell.status == "pass" and old_status == "FAIL":
+                lost.append(StatusChange(*key, old_status, cell.status, old.detail if old is not None else ()))
+            elif old is not None and old.status == "ERROR":
+                fixes.append(StatusChange(*key, old.status, cell.status, old.detail))
+        elif cell.status != "pass" and cell.status != old_status:
             new_failures.append(StatusChange(*key, old_status, cell.status, cell.detail))
         elif cell.status == "pass" and old is not None and old.status != "pass":
             fixes.append(StatusChange(*key, old.status, cell.status, old.detail))
@@ -91,7 +106,10 @@ def compare_with_baseline(run: Path, baseline: Path) -> BaselineDiff:
             changed += found
             cases += n
     missing = tuple(before[k].label for k in before if k not in now)
-    return BaselineDiff(run, baseline, tuple(new_failures), tuple(fixes), tuple(changed), missing, len(now), cases)
+    caught = sum(1 for c in now.values() if c.broken and c.status == "FAIL")
+    return BaselineDiff(
+        run, baseline, tuple(new_failures), tuple(fixes), tuple(changed), missing, len(now), cases, tuple(lost), caught
+    )
 
 
 def _labels(cells: dict[tuple[str, str, str], Cell], shown: int = 5) -> str:
@@ -139,8 +157,15 @@ def render_diff(diff: BaselineDiff) -> str:
         lines += [f"      {d}" for d in s.detail[:5]]
         if len(s.detail) > 5:
             lines.append(f"      ... and {len(s.detail) - 5} more")
+    if diff.no_longer_caught:
+        lines.append(f"broken implementations no longer caught: {len(diff.no_longer_caught)}")
+        for s in diff.no_longer_caught:
+            lines.append(f"  - {s.label}: pass (the baseline caught it: FAIL)")
+            lines += [f"      was: {d}" for d in s.detail[:3]]
     lines.append(f"fixes: {len(diff.fixes)}")
-    lines += [f"  - {s.label}: pass (was {s.before})" for s in diff.fixes]
+    lines += [f"  - {s.label}: {s.after} (was {s.before})" for s in diff.fixes]
+    if diff.caught:
+        lines.append(f"broken implementations caught by a spec, as intended: {diff.caught} cell(s) FAIL")
     lines.append(f"changed outcomes: {len(diff.changed_outcomes)} (in {diff.cases_compared} cases run by both)")
     for c in diff.changed_outcomes:
         verdict = f", verdict {c.verdict_before} -> {c.verdict_after}" if c.verdict_before != c.verdict_after else ""
@@ -153,5 +178,11 @@ def render_diff(diff: BaselineDiff) -> str:
     if diff.missing:
         lines.append(f"not in this run (in the baseline): {len(diff.missing)}")
         lines += [f"  - {m}" for m in diff.missing]
-    lines += ["", "REGRESSED: new failures since the baseline" if diff.regressed else "no regression"]
+    if diff.new_failures:
+        verdict = "REGRESSED: new failures since the baseline"
+    elif diff.no_longer_caught:
+        verdict = "REGRESSED: a spec no longer catches a broken implementation the baseline caught"
+    else:
+        verdict = "no regression"
+    lines += ["", verdict]
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from typing import Any
 
 from conformance.cases import dump_case
 from conformance.compare import CompareResult, Distribution
+from conformance.implementations import broken_implementations
 from conformance.probes import Observation, Outcome, Probe
 from conformance.reporting.meta import RunMeta
 from conformance.reporting.reproduce import SavedCase, case_id
@@ -100,6 +101,7 @@ def result_json(r: SpecResult, saved: SavedCase | None, meta: RunMeta) -> Json:
         "spec": r.spec,
         "backend": r.backend,
         "implementation": r.implementation,
+        "broken": r.broken,
         "status": r.status,
         "examples": r.examples,
         "seconds": round(r.seconds, 3),
@@ -210,6 +212,7 @@ class Cell:
     status: str  # one of STATUSES: pass | FAIL | ERROR
     detail: tuple[str, ...]  # violations, or the error
     cases: dict[str, CaseRun]  # case id -> first run of that case
+    broken: bool = False  # a deliberately broken implementation: FAIL is the spec catching it
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -306,6 +309,7 @@ def _cell(value: object, where: str, *, records: bool) -> Cell:
         _choice(*_at(row, "status", where), STATUSES),
         tuple(_violations(row, where) + _error(row, where)),
         cases,
+        _broken(row, where),
     )
 
 
@@ -351,6 +355,14 @@ def _comparison_cell(value: object, where: str) -> Cell:
     )
 
 
+def _broken(row: Json, where: str) -> bool:
+    """Whether the row's implementation is broken on purpose; files from before the field ask the registry."""
+    if "broken" in row:
+        return _flag(row["broken"], f"{where}.broken")
+    name = row.get("implementation")
+    return any(impl.name == name for impl in broken_implementations(cni_plugins=True))
+
+
 def _violations(row: Json, where: str) -> list[str]:
     if "violations" not in row:  # optional: absent means none
         return []
@@ -383,6 +395,12 @@ def _object(value: object, where: str) -> Json:
 def _list(value: object, where: str) -> list[Any]:
     if not isinstance(value, list):
         raise _Malformed(f"{where}: expected a list, found {_found(value)}")
+    return value
+
+
+def _flag(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise _Malformed(f"{where}: expected true or false, found {_found(value)}")
     return value
 
 

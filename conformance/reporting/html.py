@@ -30,7 +30,7 @@ th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-a
 thead th {{ background: #f0f0f0; }}
 table.matrix td.cell {{ text-align: center; min-width: 88px; font-weight: 600; }}
 td.cell a {{ color: inherit; }}
-td.cell .detail {{ display: block; font-weight: normal; font-size: 11px; opacity: .8; }}
+td.cell .detail, th .detail {{ display: block; font-weight: normal; font-size: 11px; opacity: .8; }}
 .pass {{ background: #d9f2dd; color: #11501c; }}
 .FAIL {{ background: #f9d0cc; color: #7a0d05; }}
 .ERROR {{ background: #fde8b6; color: #6b4500; }}
@@ -73,9 +73,12 @@ def _header(doc: Json) -> str:
         ("seeds", ", ".join(str(s) for s in run["seeds"]) or "none"),
         ("versions", versions),
     ]
+    n_caught = sum(1 for r in doc["results"] if r.get("broken") and r["status"] == "FAIL")
+    # A broken implementation's FAIL is a spec doing its job; say so beside the count.
+    caught = f"<span>({n_caught} of them broken implementations caught, as intended)</span>" if n_caught else ""
     totals = (
         f'<p class="totals"><span class="pass">&nbsp;{statuses.count("pass")} pass&nbsp;</span>'
-        f'<span class="FAIL">&nbsp;{statuses.count("FAIL")} FAIL&nbsp;</span>'
+        f'<span class="FAIL">&nbsp;{statuses.count("FAIL")} FAIL&nbsp;</span>{caught}'
         f'<span class="ERROR">&nbsp;{statuses.count("ERROR")} ERROR&nbsp;</span>'
         f"<span>{disagreements} backend disagreement(s)</span></p>"
     )
@@ -111,7 +114,9 @@ def _matrix(results: Sequence[Json]) -> str:
                 detail = f'<span class="detail">{r["examples"]} ex · {r["seconds"]:.1f} s</span>'
                 title = f"{s} / {b} / {impl}: {status}, seed {r['seed']}"
                 cells.append(f'<td class="cell {_e(status)}" {data} title="{_e(title)}">{text}{detail}</td>')
-        rows.append(f'<tr><th scope="row">{_e(impl)}</th>{"".join(cells)}</tr>')
+        broken = any(r.get("broken") for r in results if r["implementation"] == impl)
+        note = '<span class="detail">broken on purpose: FAIL = caught</span>' if broken else ""
+        rows.append(f'<tr><th scope="row">{_e(impl)}{note}</th>{"".join(cells)}</tr>')
     return (
         '<section id="matrix"><h2>Results: implementation × backend × spec</h2>'
         '<table class="matrix"><thead>'
