@@ -23,8 +23,11 @@ def count(value: str) -> int:
 
 
 def name_list(value: str, option: str) -> list[str]:
-    """Comma-separated names; a name given twice is a mistake (it would run twice)."""
-    chosen = [v.strip() for v in value.split(",") if v.strip()]
+    """Comma-separated names; a name given twice is a mistake (it would run twice), an empty one a stray comma."""
+    chosen = [v.strip() for v in value.split(",")]
+    if "" in chosen and any(chosen):
+        raise UsageError(f"{option} {value!r}: an empty name between commas (expected name,name,...)")
+    chosen = [v for v in chosen if v]
     for name in chosen:
         if chosen.count(name) > 1:
             raise UsageError(f"{option} {value}: {name} is given twice")

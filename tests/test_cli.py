@@ -65,6 +65,10 @@ def test_run_broken_fails_with_a_reproducer_that_replays(tmp_path: Path, capsys:
         (["run", "--spec", "hairpin", "--spec", "hairpin"], "--spec hairpin,hairpin: hairpin is given twice"),
         (["mutants", "--backend", "sim,sim"], "--backend sim,sim: sim is given twice"),
         (["run", "--implementation", "reference,reference"], "reference is given twice"),
+        # A stray comma is a name left out, not nothing.
+        (["run", "--backend", "sim,"], "--backend 'sim,': an empty name between commas (expected name,name,...)"),
+        (["run", "--spec", "hairpin,,dnat"], "--spec 'hairpin,,dnat': an empty name between commas"),
+        (["bench", "--tox", "sim,"], "--tox 'sim,': an empty name between commas"),
         (["run", "--spec", "hairpin,nope"], "--spec nope: unknown spec"),
         (["run", "--implementation", "cni-bridge"], "cni-bridge runs real CNI plugin binaries, which backend sim"),
         (["replay", "case.yaml", "--spec", "hairpin", "--implementation", "reference,hairpin-mode-off"], "exactly one"),
@@ -185,6 +189,7 @@ def test_mutants_table_marks_every_broken_implementation(capsys: pytest.CaptureF
         ("simm", "--backend simm: unknown backend (known: docker, kind, netns, sim, sim-snapshot)"),
         ("sim,sim", "--backend sim,sim: sim is given twice"),
         (" , ", "--backend: give at least one backend name"),
+        ("sim,,netns", "--backend 'sim,,netns': an empty name between commas"),
     ],
 )
 def test_pytest_backend_option_is_checked(value: str, message: str) -> None:
