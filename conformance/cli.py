@@ -41,6 +41,7 @@ from conformance.runner import SpecResult, replay, run_spec, summarize
 from conformance.snapshot import SnapshotError, dump_dataplane
 from conformance.specs import all_specs, get_spec
 from conformance.strategies import classic_scenario
+from conformance.termination import Terminated, unwind_on_termination
 from conformance.tracing import Query, TraceError, trace
 
 DEFAULT_REPORT_DIR = Path("reports/runs")
@@ -519,6 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_image(argparse.Namespace(image_args=given[1:]))
     args = build_parser().parse_args(given)
     args.argv = given
+    unwind_on_termination()
     try:
         code: int = args.func(args)
         return code
@@ -526,6 +528,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = "error" if not isinstance(e, SimError) else "not modelled by the simulator"
         print(f"netconformance: {kind}: {e}", file=sys.stderr)
         return 2
+    except Terminated as e:
+        print(f"netconformance: terminated by {e.name}; tearing down what this run built", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("netconformance: interrupted", file=sys.stderr)
         return 130

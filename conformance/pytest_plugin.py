@@ -20,6 +20,7 @@ import pytest
 from backends import Backend, BackendUnavailable, get_backend
 from conformance.arguments import UsageError, backend_list, count
 from conformance.runner import SpecResult
+from conformance.termination import unwind_on_termination
 
 _RESULTS = pytest.StashKey[list[SpecResult]]()
 _BACKENDS = pytest.StashKey[list[str]]()
@@ -36,6 +37,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A cancelled CI job's SIGTERM unwinds like Ctrl-C: fixtures and backends tear down what the session built.
+    unwind_on_termination()
     config.stash[_RESULTS] = []
     config.stash[_BACKENDS] = _backend_option(str(config.getoption("--backend")))
 

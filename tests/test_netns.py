@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -156,6 +157,60 @@ def test_cleanup_after_sigkill(privileged: None) -> None:
     assert not (records.STATE_DIR / f"{run_id}.json").exists()
     assert not (records.STATE_DIR / run_id).exists()
     assert cleanup(run_id) == []
+
+
+def _netns_names() -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return [line.split()[0] for line in listed.splitlines() if line.strip()]
+
+
+SPECS_TEST = "tests/test_specs.py::test_reference_satisfies_spec"
+# A long run on netns each way it is started: the CLI, and pytest (as tox runs it).
+TERMINATED_RUNS = {
+    "cli": (
+        ["-m", "conformance.cli", "run", "--backend", "netns", "--spec", "connectivity", "--examples", "100000"],
+        128 + signal.SIGTERM,
+        "netconformance: terminated by SIGTERM; tearing down what this run built",
+    ),
+    "pytest": (
+        ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--backend", "netns", "--nc-examples", "100000", SPECS_TEST],
+        pytest.ExitCode.INTERRUPTED,
+        "Terminated: terminated by SIGTERM",
+    ),
+}
+
+
+@pytest.mark.parametrize("how", list(TERMINATED_RUNS))
+def test_sigterm_mid_run_tears_down(how: str, privileged: None, tmp_path: Path) -> None:
+    """A cancelled CI job's SIGTERM: the run unwinds, removes exactly its namespaces and says so."""
+    args, code, message = TERMINATED_RUNS[how]
+    before = set(records.STATE_DIR.glob("*.json")) if records.STATE_DIR.is_dir() else set()
+    env = {**os.environ, "NETCONFORMANCE_REPORT_DIR": str(tmp_path)}
+    args = [*args, "--report-dir", str(tmp_path)] if how == "cli" else args
+    child = subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        run_id = None
+        for _ in range(1200):  # the record is written before anything is created; then wait for its namespaces
+            new = set(records.STATE_DIR.glob("*.json")) - before if records.STATE_DIR.is_dir() else set()
+            if len(new) == 1 and any(n.startswith(f"nc-{next(iter(new)).stem}-") for n in _netns_names()):
+                run_id = next(iter(new)).stem
+                break
+            assert child.poll() is None, child.communicate()
+            time.sleep(0.05)
+        assert run_id is not None, "the run built no namespace within 60 s"
+        child.send_signal(signal.SIGTERM)
+        out, _ = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == code, out
+    assert message in out
+    assert "Traceback" not in out
+    assert not [n for n in _netns_names() if n.startswith(f"nc-{run_id}-")]
+    assert not (records.STATE_DIR / f"{run_id}.json").exists()
 
 
 def _policy_probes() -> list[Probe]:

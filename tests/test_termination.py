@@ -1,0 +1,61 @@
+"""SIGTERM and SIGHUP unwind like Ctrl-C: teardown runs, the exit code says which signal (no root needed here;
+tests/test_netns.py checks that a terminated netns run leaves no namespace behind)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+CHILD = """
+import atexit, os, signal, sys, time
+from conformance.termination import Terminated, unwind_on_termination
+unwind_on_termination()
+atexit.register(lambda: print("torn down", flush=True))
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+    print("not interrupted", flush=True)
+except Terminated as e:
+    print(e, e.exit_code, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)  # a second one must not cut the teardown short
+    os.kill(os.getpid(), signal.SIGHUP)
+    time.sleep(0.2)
+    print("unwound", flush=True)
+    sys.exit(e.exit_code)
+"""
+
+
+def test_sigterm_unwinds_and_teardown_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.splitlines() == ["terminated by SIGTERM 143", "unwound", "torn down"], done.stderr
+    assert done.returncode == 128 + signal.SIGTERM
+
+
+IGNORED = """
+import os, signal, time
+from conformance.termination import unwind_on_termination
+unwind_on_termination()
+os.kill(os.getpid(), signal.SIGHUP)
+time.sleep(0.2)
+print("still here", flush=True)
+"""
+
+
+def test_an_ignored_signal_stays_ignored() -> None:
+    # nohup (SIGHUP ignored by the parent) must keep working: only default handlers are replaced.
+    done = subprocess.run(
+        [sys.executable, "-c", IGNORED],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
+    assert (done.returncode, done.stdout) == (0, "still here\n"), done.stderr
