@@ -525,6 +525,28 @@ def test_report_after_a_pytest_run_passes_its_caught_mutants(
     assert "hairpin / sim / hairpin-mode-off: pass (the baseline caught it: FAIL)" in capsys.readouterr().out
 
 
+def test_baseline_diff_names_the_versions_that_differ(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def doc(path: Path, versions: dict[str, Any]) -> Path:
+        rows = [_cell_row("hairpin", "reference", "pass")]
+        body = {"format": FORMAT, "run": {"versions": versions}, "results": rows, "comparisons": []}
+        path.write_text(json.dumps(body), encoding="utf-8")
+        return path
+
+    base = doc(tmp_path / "base.json", {"python": "3.11.7", "hypothesis": "6.170.15", "iptables": None})
+    run = doc(tmp_path / "run.json", {"python": "3.11.7", "hypothesis": "6.170.27", "iptables": "v1.8.9"})
+    diff = compare_with_baseline(run, base)
+    assert diff.versions == (("hypothesis", "6.170.15", "6.170.27"), ("iptables", None, "v1.8.9"))
+    text = render_diff(diff)
+    assert "versions differ from the baseline's: hypothesis 6.170.15 -> 6.170.27, iptables none -> v1.8.9" in text
+    assert "another Hypothesis draws other cases from the same seed" in text
+    assert compare_with_baseline(run, run).versions == ()
+    assert "versions differ" not in render_diff(compare_with_baseline(run, run))
+
+    bad = doc(tmp_path / "bad.json", {"hypothesis": 6})
+    err = _report_error(["--baseline", str(base), str(bad)], capsys)
+    assert f"{bad}: run.versions.hypothesis: expected a string, found 6" in err
+
+
 def test_baseline_rejects_a_broken_field_that_is_not_a_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = _results_file(tmp_path / "good.json", [_cell_row("hairpin", "reference", "pass")])
     bad = _results_file(tmp_path / "bad.json", [{**_cell_row("hairpin", "reference", "pass"), "broken": "yes"}])
@@ -637,7 +659,7 @@ def test_newest_run_is_the_newest_directory_named_like_a_run(
 
 
 def _valid_doc() -> dict[str, Any]:
-    """A small results.json with every field load_cells reads: two results (one with a record), one comparison."""
+    """A small results.json with every field load_results reads: two results (one with a record), one comparison."""
     record = {
         "case_id": "c1",
         "verdict": "pass",

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from conformance.reporting.document import Cell, ResultsError, load_cells
+from conformance.reporting.document import Cell, ResultsError, load_results
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class BaselineDiff:
     cases_compared: int  # cases present in both
     no_longer_caught: tuple[StatusChange, ...] = ()  # broken implementations the baseline caught and the run passes
     caught: int = 0  # the run's cells of broken implementations a spec caught (FAIL), as intended
+    versions: tuple[tuple[str, str | None, str | None], ...] = ()  # (tool, baseline's, run's) where they differ
 
     @property
     def regressed(self) -> bool:
@@ -74,8 +75,9 @@ def _results_file(path: Path) -> Path:
 def compare_with_baseline(run: Path, baseline: Path) -> BaselineDiff:
     """run and baseline: results.json files (or run directories holding one)."""
     run, baseline = _results_file(run), _results_file(baseline)
-    now = {c.key: c for c in load_cells(run)}
-    before = {c.key: c for c in load_cells(baseline)}
+    run_doc, baseline_doc = load_results(run), load_results(baseline)
+    now = {c.key: c for c in run_doc.cells}
+    before = {c.key: c for c in baseline_doc.cells}
     if not now.keys() & before.keys():
         # Every run cell would be "not in baseline" and every baseline cell "not in this run": nothing is compared,
         # and a pass would vouch for nothing (a wrong --baseline, or a run of other specs or implementations).
@@ -107,8 +109,23 @@ def compare_with_baseline(run: Path, baseline: Path) -> BaselineDiff:
             cases += n
     missing = tuple(before[k].label for k in before if k not in now)
     caught = sum(1 for c in now.values() if c.broken and c.status == "FAIL")
+    versions = tuple(
+        (name, baseline_doc.versions.get(name), run_doc.versions.get(name))
+        for name in dict.fromkeys([*baseline_doc.versions, *run_doc.versions])
+        if baseline_doc.versions.get(name) != run_doc.versions.get(name)
+    )
     return BaselineDiff(
-        run, baseline, tuple(new_failures), tuple(fixes), tuple(changed), missing, len(now), cases, tuple(lost), caught
+        run,
+        baseline,
+        tuple(new_failures),
+        tuple(fixes),
+        tuple(changed),
+        missing,
+        len(now),
+        cases,
+        tuple(lost),
+        caught,
+        versions,
     )
 
 
@@ -175,6 +192,11 @@ def render_diff(diff: BaselineDiff) -> str:
         lines.append(f"      now:    {_set(c.after)}")
     if diff.cases_compared == 0 and diff.cells_compared:
         lines.append("  (no case ran in both: outcomes line up only with the baseline's seed and example count)")
+    if diff.versions:
+        changes = ", ".join(f"{name} {before or 'none'} -> {now or 'none'}" for name, before, now in diff.versions)
+        lines.append(f"versions differ from the baseline's: {changes}")
+        if any(name == "hypothesis" for name, _, _ in diff.versions):
+            lines.append("  (another Hypothesis draws other cases from the same seed: fewer cases line up)")
     if diff.missing:
         lines.append(f"not in this run (in the baseline): {len(diff.missing)}")
         lines += [f"  - {m}" for m in diff.missing]

@@ -223,8 +223,16 @@ class Cell:
         return f"{self.spec} / {self.backend} / {self.implementation}"
 
 
-def load_cells(path: Path) -> list[Cell]:
-    """The cells of a results.json (a run's, a committed baseline, or the CLI's older flat list)."""
+@dataclass(frozen=True)
+class Results:
+    """What a comparison reads from a results.json: its cells and the versions that produced them."""
+
+    cells: list[Cell]
+    versions: dict[str, str]  # tool -> version (python, hypothesis, kernel, ...); empty for the older flat list
+
+
+def load_results(path: Path) -> Results:
+    """The cells and versions of a results.json (a run's, a committed baseline, or the CLI's older flat list)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -242,7 +250,7 @@ def load_cells(path: Path) -> list[Cell]:
     except ValueError as e:  # JSONDecodeError, and also integers too long to convert
         raise ResultsError(f"{path}: not JSON: {e}") from None
     try:
-        return _cells(doc)
+        return Results(_cells(doc), _versions(doc))
     except _Malformed as e:
         raise ResultsError(f"{path}: {e}") from None
 
@@ -254,7 +262,7 @@ VERDICTS = ("pass", "fail")
 
 
 class _Malformed(ValueError):
-    """Where in the document (e.g. results[3].status) and what is wrong there; load_cells adds the file."""
+    """Where in the document (e.g. results[3].status) and what is wrong there; load_results adds the file."""
 
 
 _MISSING = object()  # what _at gives for a field the object does not have
@@ -294,6 +302,17 @@ def _cells(doc: object) -> list[Cell]:
             raise _Malformed(f"{where}: {cell.label} is already at {first[cell.key]} (a cell may appear only once)")
         first[cell.key] = where
     return [cell for _, cell in placed]
+
+
+def _versions(doc: object) -> dict[str, str]:
+    """run.versions: optional (the flat list has none); each a string, or null for a tool that was not found."""
+    if not isinstance(doc, dict) or "run" not in doc:
+        return {}
+    run = _object(doc["run"], "run")
+    if "versions" not in run:
+        return {}
+    versions = _object(run["versions"], "run.versions")
+    return {name: _text(value, f"run.versions.{name}") for name, value in versions.items() if value is not None}
 
 
 def _cell(value: object, where: str, *, records: bool) -> Cell:
