@@ -28,15 +28,19 @@ from conformance.cases import dump_case, load_case
 from conformance.compare import CompareResult, run_compare
 from conformance.implementations import (
     CNI_PLUGIN_IMPLEMENTATIONS,
+    CONFLIST,
     IMPLEMENTATIONS,
     REFERENCE,
+    ConflistError,
     broken_implementations,
     get_implementation,
+    runs_cni_plugins,
 )
 from conformance.loader import ScenarioError, load_scenario
 from conformance.progress import Progress
 from conformance.reporting import RunMeta, new_run_dir, write_run
 from conformance.reporting import register as register_report
+from conformance.reporting.reproduce import file_stem
 from conformance.runner import SpecResult, replay, run_spec, summarize
 from conformance.snapshot import SnapshotError, dump_dataplane
 from conformance.specs import all_specs, get_spec
@@ -94,12 +98,19 @@ def _specs(names: Sequence[str] | None) -> list[str]:
 
 
 def _implementation(names: str) -> list[str]:
-    """One or more comma-separated implementation names, checked."""
+    """One or more comma-separated implementation names, checked (a conflist:PATH is read and checked too)."""
     known = [*IMPLEMENTATIONS, *CNI_PLUGIN_IMPLEMENTATIONS]
     chosen = name_list(names, "--implementation")
     for name in chosen:
-        if name not in known:
-            _fail(f"--implementation {name}: unknown (known: {', '.join(known)})")
+        if name.startswith(CONFLIST):
+            if not name[len(CONFLIST) :]:
+                _fail(f"--implementation {name}: give the path of a .conflist after {CONFLIST}")
+            try:
+                get_implementation(name)
+            except ConflistError as e:
+                _fail(f"--implementation {name}: {e}")
+        elif name not in known:
+            _fail(f"--implementation {name}: unknown (known: {', '.join(known)}, or {CONFLIST}PATH for your own)")
     if not chosen:
         _fail("--implementation: give at least one implementation name")
     return chosen
@@ -108,7 +119,7 @@ def _implementation(names: str) -> list[str]:
 def _check_pairs(backends: Sequence[Backend], implementations: Sequence[str]) -> None:
     """Implementations wired by real CNI plugins cannot run on the plain simulator (it runs no plugin binaries)."""
     for name in implementations:
-        if name in CNI_PLUGIN_IMPLEMENTATIONS and any(b.name == "sim" for b in backends):
+        if runs_cni_plugins(name) and any(b.name == "sim" for b in backends):
             _fail(
                 f"--implementation {name} runs real CNI plugin binaries, which backend sim does not: "
                 "use --backend netns, docker or sim-snapshot"
@@ -306,7 +317,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"{r.examples} examples in {r.seconds:.1f}s ({rate:.1f}/s), seed {r.seed}")
         if r.disagreement is not None:
             failed += 1
-            case_file = run_dir / "disagreements" / f"{predictor.name}-{backend.name}-{impl.name}.yaml"
+            case_file = run_dir / "disagreements" / f"{file_stem(predictor.name, backend.name, impl.name)}.yaml"
             case_file.parent.mkdir(parents=True, exist_ok=True)
             case_file.write_text(dump_case(r.disagreement.case), encoding="utf-8")
             print("\n" + r.disagreement.render())
@@ -421,9 +432,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("implementations:")
     for name, impl in IMPLEMENTATIONS.items():
         print(f"  {name:<24} {impl.description}")
-    print("implementations wired by real CNI plugins (netns, sim-snapshot):")
+    print("implementations wired by real CNI plugins (netns, docker, sim-snapshot):")
     for name, impl in CNI_PLUGIN_IMPLEMENTATIONS.items():
         print(f"  {name:<24} {impl.description}")
+    print(
+        f"  {CONFLIST + 'PATH':<24} your own .conflist's plugins ({{podCIDR}} and {{gateway}} filled in per node),"
+        " kube-proxy's rules; on netns the plugins come from NETCONFORMANCE_CNI_PATH (default /opt/cni/bin:/usr/lib/cni)"
+    )
     print("backends:")
     for name in backend_names():
         try:

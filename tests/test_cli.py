@@ -90,6 +90,22 @@ def test_run_broken_fails_with_a_reproducer_that_replays(tmp_path: Path, capsys:
             ["trace", "--rules", "binary", "--local-ip", "172.18.0.2", "--pod-cidr", "10.244.1.0/24", *TRACE_REST],
             "--rules binary: not iptables-save text (not UTF-8 at byte 1)",
         ),
+        # A user's own conflist: read and checked before anything is deployed.
+        (["run", "--implementation", "conflist:"], "--implementation conflist:: give the path of a .conflist"),
+        (
+            ["run", "--implementation", "conflist:nope"],
+            "--implementation conflist:nope: nope: cannot read: No such file",
+        ),
+        (["run", "--implementation", "conflist:binary"], "conflist:binary: binary: not a conflist: not UTF-8 text"),
+        (["run", "--implementation", "conflist:rules"], "rules: not JSON: Expecting value: line 1 column 1 (char 0)"),
+        (["run", "--implementation", "conflist:single.conf"], "single.conf: not a CNI network configuration list:"),
+        (["run", "--implementation", "conflist:untyped"], 'untyped: plugins[1]: expected an object with a "type"'),
+        (["run", "--implementation", "conflist:path"], "path: plugins[0].type '/bin/sh': a plugin name, not a path"),
+        (
+            ["run", "--implementation", "conflist:good.conflist"],
+            "conflist:good.conflist runs real CNI plugin binaries, which backend sim does not",
+        ),
+        (["run", "--implementation", "nope"], "or conflist:PATH for your own"),
     ],
 )
 def test_bad_arguments_exit_2_without_traceback(
@@ -102,6 +118,10 @@ def test_bad_arguments_exit_2_without_traceback(
     (tmp_path / "rules").write_text("*filter\nCOMMIT\n")
     (tmp_path / "binary").write_bytes(b"*\xff\n")
     (tmp_path / "case.yaml").write_text((Path(__file__).parent / "scenarios" / "classic.yaml").read_text())
+    (tmp_path / "single.conf").write_text('{"cniVersion": "1.0.0", "name": "n", "type": "bridge"}')
+    (tmp_path / "untyped").write_text('{"plugins": [{"type": "bridge"}, {"capabilities": {}}]}')
+    (tmp_path / "path").write_text('{"plugins": [{"type": "/bin/sh"}]}')
+    (tmp_path / "good.conflist").write_text((Path(__file__).parent / "cni" / "bridge.conflist").read_text())
     before = sorted(tmp_path.iterdir())
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -22,6 +23,7 @@ from backends.netns.cni import _plugin_config, find_plugin
 from backends.sim import SimBackend, SimError
 from backends.sim_snapshot import SimSnapshotBackend
 from conformance.cases import Case
+from conformance.cli import main
 from conformance.dataplane import Dataplane
 from conformance.implementations import broken_implementations, get_implementation
 from conformance.implementations.cniplugins import CNI_IMPLEMENTATIONS, from_file, noflush_rules
@@ -273,6 +275,28 @@ def test_plugin_config_follows_the_spec(tmp_path: Path) -> None:
     assert conf["runtimeConfig"] == {"portMappings": [{"hostPort": 1}]}  # only declared capabilities
     assert conf["ipam"]["dataDir"] == str(tmp_path)
     assert "prevResult" not in _plugin_config(conflist, plugin, None, {}, tmp_path)
+
+
+def test_user_conflist_from_the_command_line(
+    privileged: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CNI author's flow: `run --implementation conflist:PATH` on netns, and the replay the report prints."""
+    conflist = tmp_path / "my net.conflist"  # a space: commands must quote the path
+    conflist.write_text(
+        (REPO / "tests" / "cni" / "bridge.conflist").read_text().replace('"hairpinMode": true', '"hairpinMode": false')
+    )
+    name = f"conflist:{conflist}"
+    argv = ["run", "--backend", "netns", "--spec", "hairpin", "--implementation", name, "--examples", "5"]
+    assert main([*argv, "--seed", "1", "--report-dir", str(tmp_path / "runs")]) == 1  # hairpinMode false is caught
+    out = capsys.readouterr().out
+    (results,) = (tmp_path / "runs").glob("*/results.json")
+    rerun = shlex.split(json.loads(results.read_text())["results"][0]["rerun"])
+    assert rerun[rerun.index("--implementation") + 1] == name
+    replay = next(line for line in out.splitlines() if line.startswith("reproduce: "))[len("reproduce: ") :]
+    words = shlex.split(replay)
+    assert words[words.index("--implementation") + 1] == name and Path(words[2]).is_file()
+    assert main(words[1:]) == 1  # the printed command replays the failure
+    assert "expected served by one of ['default/pod-b'], reply from 10.96.0.100" in capsys.readouterr().out
 
 
 def test_user_conflist_with_placeholders(tmp_path: Path) -> None:

@@ -7,11 +7,12 @@ conformance specs must catch.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from conformance.dataplane import Dataplane
 from conformance.implementations.broken import BROKEN
-from conformance.implementations.cniplugins import CNI_IMPLEMENTATIONS
+from conformance.implementations.cniplugins import CNI_IMPLEMENTATIONS, ConflistError, from_file
 from conformance.implementations.reference import REFERENCE_IMPLEMENTATION
 from conformance.model import Scenario
 
@@ -40,12 +41,25 @@ IMPLEMENTATIONS: dict[str, Implementation] = {impl.name: impl for impl in _RENDE
 CNI_PLUGIN_IMPLEMENTATIONS: dict[str, Implementation] = {impl.name: impl for impl in CNI_IMPLEMENTATIONS}
 
 
+# A user's own network configuration list: `conflist:PATH` names the implementation that wires pods with its
+# plugins, and the name is also the command-line word that rebuilds it (reports' rerun and replay commands).
+CONFLIST = "conflist:"
+
+
 def get_implementation(name: str) -> Implementation:
+    """A registered implementation, or `conflist:PATH` (raises ConflistError when the file cannot be used)."""
+    if name.startswith(CONFLIST):
+        return from_file(Path(name[len(CONFLIST) :]), name=name)
     found = IMPLEMENTATIONS.get(name) or CNI_PLUGIN_IMPLEMENTATIONS.get(name)
     if found is None:
-        valid = ", ".join([*IMPLEMENTATIONS, *CNI_PLUGIN_IMPLEMENTATIONS])
+        valid = ", ".join([*IMPLEMENTATIONS, *CNI_PLUGIN_IMPLEMENTATIONS, f"{CONFLIST}PATH"])
         raise KeyError(f"unknown implementation {name!r}; valid names: {valid}")
     return found
+
+
+def runs_cni_plugins(name: str) -> bool:
+    """Whether the implementation wires pods with CNI plugin binaries (which only a real kernel runs)."""
+    return name in CNI_PLUGIN_IMPLEMENTATIONS or name.startswith(CONFLIST)
 
 
 def broken_implementations(*, cni_plugins: bool = False) -> tuple[Implementation, ...]:
@@ -56,9 +70,12 @@ def broken_implementations(*, cni_plugins: bool = False) -> tuple[Implementation
 
 __all__ = [
     "CNI_PLUGIN_IMPLEMENTATIONS",
+    "CONFLIST",
     "IMPLEMENTATIONS",
     "REFERENCE",
+    "ConflistError",
     "Implementation",
     "broken_implementations",
     "get_implementation",
+    "runs_cni_plugins",
 ]

@@ -177,18 +177,52 @@ def _pod(scenario: Scenario, pod: Pod, options: Options) -> NetnsConfig:
     return replace(wiring.pod(scenario, pod, options), addresses=(), routes=())
 
 
+class ConflistError(ValueError):
+    """A user's .conflist that cannot be used; the message names the file, the place and what was expected."""
+
+
 def from_file(path: Path, *, name: str | None = None, proxy_first: bool = True) -> CniPlugins:
-    """An implementation from a user's .conflist (placeholders "{podCIDR}" and "{gateway}" allowed)."""
-    text = path.read_text()
-    data = json.loads(text)
-    if not isinstance(data, dict) or not isinstance(data.get("plugins"), list):
-        raise ValueError(f"{path}: not a CNI network configuration list (no 'plugins' list)")
+    """An implementation from a user's .conflist (placeholders "{podCIDR}" and "{gateway}" allowed).
+
+    Checked as far as it can be without running the plugins: JSON, and a non-empty `plugins` list of objects
+    each with a `type`. Whether the plugins exist is the backend's to say (a node container has its own
+    CNI_PATH).
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConflistError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConflistError(
+            f"{path}: not a conflist: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+        ) from None
+    data = _json(text, path)
+    if not isinstance(data, dict) or not isinstance(data.get("plugins"), list) or not data["plugins"]:
+        raise ConflistError(
+            f'{path}: not a CNI network configuration list: expected an object with a non-empty "plugins" list'
+            f' (a single plugin\'s .conf has "type" at the top: put it in "plugins": [...])'
+        )
+    for i, plugin in enumerate(data["plugins"]):
+        if not isinstance(plugin, dict) or not isinstance(plugin.get("type"), str) or not plugin["type"]:
+            raise ConflistError(f'{path}: plugins[{i}]: expected an object with a "type" (the plugin\'s binary name)')
+        if "/" in plugin["type"]:
+            # As libcni's FindInPath: a type names a binary in CNI_PATH, never a path to one elsewhere.
+            raise ConflistError(f"{path}: plugins[{i}].type {plugin['type']!r}: a plugin name, not a path (no /)")
     return CniPlugins(
         name=name or f"cni:{path.name}",
-        description=f"CNI plugins of {path} ({', '.join(str(p.get('type')) for p in data['plugins'])}), kube-proxy",
+        description=f"CNI plugins of {path} ({', '.join(p['type'] for p in data['plugins'])}), kube-proxy",
         conflist=text,
         proxy_first=proxy_first,
     )
+
+
+def _json(text: str, path: Path) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ConflistError(f"{path}: not JSON: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError: its message has the line and column
+        raise ConflistError(f"{path}: not JSON: {e}") from None
 
 
 def _text(conflist: dict[str, Any]) -> str:

@@ -42,6 +42,7 @@ from conformance.cases import (
 from conformance.implementations import REFERENCE, Implementation, get_implementation
 from conformance.loader import ScenarioError, read_text
 from conformance.probes import Observation
+from conformance.reporting.reproduce import file_stem
 from conformance.runner import replay, run_spec
 from conformance.specs import Spec
 
@@ -68,7 +69,7 @@ class CorpusEntry:
 
 def entry_name(case: Case, *, spec: str, implementation: str) -> str:
     digest = hashlib.sha256(f"{spec}\n{implementation}\n{dump_case(case)}".encode()).hexdigest()[:12]
-    return f"{spec}-{implementation}-{digest}.yaml"
+    return f"{file_stem(spec, implementation)}-{digest}.yaml"
 
 
 def add_to_corpus(

@@ -10,6 +10,7 @@ where someone will read them (all of them would multiply the file's size).
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -77,11 +78,11 @@ def record_json(r: ExampleRecord) -> Json:
 
 
 def rerun_command(r: SpecResult, meta: RunMeta) -> str:
-    examples = f" --examples {meta.examples}" if meta.examples is not None else ""
-    return (
-        f"netconformance run --spec {r.spec} --backend {r.backend} --implementation {r.implementation}"
-        f" --seed {r.seed}{examples}"
-    )
+    words = ["netconformance", "run", "--spec", r.spec, "--backend", r.backend, "--implementation", r.implementation]
+    words += ["--seed", str(r.seed)]
+    if meta.examples is not None:
+        words += ["--examples", str(meta.examples)]
+    return shlex.join(words)  # a conflist:PATH may hold spaces
 
 
 def result_json(r: SpecResult, saved: SavedCase | None, meta: RunMeta) -> Json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +48,14 @@ class SavedCase:
         return f"{CASES_DIR}/{self.path.name}"
 
 
+def file_stem(*parts: str) -> str:
+    """A file name from names joined by "-": a conflist:PATH implementation's slashes and the like become "_"."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", "-".join(parts)).lstrip(".")
+
+
 def save_case(run_dir: Path, case: Case, stem: str) -> tuple[Path, str]:
     cid = case_id(case)
-    path = run_dir / CASES_DIR / f"{stem}-{cid}.yaml"
+    path = run_dir / CASES_DIR / f"{file_stem(stem)}-{cid}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dump_case(case), encoding="utf-8")
     return path, cid
