@@ -31,10 +31,19 @@ from conformance.implementations import (
     CONFLIST,
     IMPLEMENTATIONS,
     REFERENCE,
+    RULES,
     ConflistError,
     broken_implementations,
     get_implementation,
     runs_cni_plugins,
+)
+from conformance.implementations.foreign import (
+    FIXED_PROBES,
+    RULES_FORM,
+    can_run,
+    fixed_comparison_cases,
+    fixed_scenario,
+    on_fixed_scenario,
 )
 from conformance.loader import ScenarioError, load_scenario
 from conformance.progress import Progress
@@ -109,8 +118,16 @@ def _implementation(names: str) -> list[str]:
                 get_implementation(name)
             except ConflistError as e:
                 _fail(f"--implementation {name}: {e}")
+        elif name.startswith(RULES):
+            try:
+                get_implementation(name)
+            except ScenarioError as e:  # the scenario file's own errors, and ForeignScenarioError
+                _fail(f"--implementation {name}: {e}")
         elif name not in known:
-            _fail(f"--implementation {name}: unknown (known: {', '.join(known)}, or {CONFLIST}PATH for your own)")
+            _fail(
+                f"--implementation {name}: unknown (known: {', '.join(known)};"
+                f" or {CONFLIST}PATH for your own CNI plugins, {RULES_FORM} for your proxy's rules)"
+            )
     if not chosen:
         _fail("--implementation: give at least one implementation name")
     return chosen
@@ -136,6 +153,21 @@ def _run_dir(report_dir: str) -> Path:
         _fail(f"--report-dir {report_dir}: cannot create {e.filename or report_dir}: {e.strerror or e}")
 
 
+def _fixed_scenario_specs(specs: Sequence[str], implementations: Sequence[str], *, chosen: bool) -> None:
+    """A proxy's rules realise one cluster: specs that build their own clusters cannot judge them."""
+    for name in implementations:
+        if fixed_scenario(get_implementation(name)) is None:
+            continue
+        cannot = [s for s in specs if not can_run(s)]
+        if cannot and chosen:
+            _fail(
+                f"--spec {','.join(cannot)}: cannot judge {name}: its rules realise one cluster, and these specs"
+                f" build their own around their probes (those that can: {', '.join(FIXED_PROBES)})"
+            )
+        if cannot:
+            print(f"{name}: not judged by {', '.join(cannot)} (they build their own clusters around their probes)")
+
+
 def _run_matrix(
     specs: Sequence[str], backends: Sequence[Backend], implementations: Sequence[str], examples: int, seed: int | None
 ) -> list[SpecResult]:
@@ -143,9 +175,15 @@ def _run_matrix(
     for backend in backends:
         for impl_name in implementations:
             impl = get_implementation(impl_name)
+            scenario = fixed_scenario(impl)
             for spec_name in specs:
+                spec = get_spec(spec_name)
+                if scenario is not None:
+                    if not can_run(spec_name):
+                        continue  # said up front (_fixed_scenario_specs)
+                    spec = on_fixed_scenario(spec, scenario)
                 progress = Progress(f"{spec_name} / {impl_name} / {backend.name}", examples)
-                r = run_spec(get_spec(spec_name), backend, impl, examples=examples, seed=seed, on_example=progress.step)
+                r = run_spec(spec, backend, impl, examples=examples, seed=seed, on_example=progress.step)
                 progress.finish(r.status)
                 results.append(r)
     return results
@@ -156,6 +194,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     specs = _specs(args.spec)
     implementations = _implementation(args.implementation)
     _check_pairs(backends, implementations)
+    _fixed_scenario_specs(specs, implementations, chosen=bool(args.spec))
     run_dir = _run_dir(args.report_dir)
     meta = RunMeta.begin(args.argv, seed=args.seed, examples=args.examples)
     results = _run_matrix(specs, backends, implementations, args.examples, args.seed)
@@ -310,7 +349,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         atexit.register(b.teardown)  # also on an interrupt; teardown is idempotent
     for backend, impl in ((b, i) for b in real for i in implementations):
         progress = Progress(f"compare {predictor.name} vs {backend.name} / {impl.name}", args.examples)
-        r = run_compare(predictor, backend, impl, examples=args.examples, seed=args.seed, on_example=progress.step)
+        scenario = fixed_scenario(impl)
+        cases = fixed_comparison_cases(scenario) if scenario is not None else None
+        r = run_compare(
+            predictor, backend, impl, examples=args.examples, seed=args.seed, cases=cases, on_example=progress.step
+        )
         comparisons.append(r)
         progress.finish("agree" if r.passed else ("DISAGREE" if r.disagreement else "ERROR"))
         rate = r.examples / r.seconds if r.seconds else 0.0
@@ -406,10 +449,15 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     else:
         if args.scenario == "":
             _fail("--scenario: give a scenario file (or leave the option out for the classic scenario)")
-        scenario = load_scenario(args.scenario) if args.scenario is not None else classic_scenario()
         name = _one(_implementation(args.implementation), "--implementation")
+        impl = get_implementation(name)
+        # A proxy's rules realise their own cluster: that is the default scenario, and the only one they render.
+        fixed = fixed_scenario(impl)
+        scenario = load_scenario(args.scenario) if args.scenario is not None else fixed or classic_scenario()
+        if fixed is not None and scenario != fixed:
+            _fail(f"--scenario {args.scenario}: {name} realises the cluster its rules were made for, not this one")
         _backends("netns")  # checks privileges and tools first
-        dataplane = snapshot_deployment(get_implementation(name).render(scenario))
+        dataplane = snapshot_deployment(impl.render(scenario))
     try:
         out.write_text(dump_dataplane(dataplane), encoding="utf-8")
     except OSError as e:
@@ -502,7 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
     sn.add_argument("--out", required=True, help="where the Dataplane (JSON) goes")
     sn.add_argument("--run", type=_run_id, default=None, help="a recorded run of the netns backend to read")
     sn.add_argument("--implementation", default=REFERENCE, help="deploy this implementation and read it back")
-    sn.add_argument("--scenario", default=None, help="scenario file to deploy (default: the classic scenario)")
+    sn.add_argument(
+        "--scenario",
+        default=None,
+        help="scenario file to deploy (default: the classic scenario, or the cluster a rules: implementation is for)",
+    )
     sn.set_defaults(func=cmd_snapshot)
 
     # Listed for --help; main() hands `image ...` to the image command's own parser.

@@ -105,7 +105,31 @@ def test_run_broken_fails_with_a_reproducer_that_replays(tmp_path: Path, capsys:
             ["run", "--implementation", "conflist:good.conflist"],
             "conflist:good.conflist runs real CNI plugin binaries, which backend sim does not",
         ),
-        (["run", "--implementation", "nope"], "or conflist:PATH for your own"),
+        (["run", "--implementation", "nope"], "or conflist:PATH for your own CNI plugins, rules:SCENARIO.yaml:NODE="),
+        # A proxy's own rules and the cluster they were made for.
+        (["run", "--implementation", "rules:"], "--implementation rules:: expected rules:SCENARIO.yaml:NODE=RULES"),
+        (["run", "--implementation", "rules:nope.yaml:node-1=rules"], "rules: nope.yaml: cannot read"),
+        (["run", "--implementation", "rules:case.yaml:node-1"], "'node-1': expected NODE=RULES"),
+        (["run", "--implementation", "rules:case.yaml:node-1=rules+node-1=rules"], "node node-1 is given twice"),
+        (["run", "--implementation", "rules:case.yaml:node-9=rules"], "no node(s) node-9 for the supplied rules"),
+        (["run", "--implementation", "rules:case.yaml:node-1=nope"], "node-1=nope: nope: cannot read"),
+        (["run", "--implementation", "rules:case.yaml:node-1=binary"], "node-1=binary: binary: not UTF-8 text"),
+        (
+            [
+                "snapshot",
+                "--out",
+                "s.json",
+                "--implementation",
+                "rules:case.yaml:node-1=rules",
+                "--scenario",
+                "pol.yaml",
+            ],
+            "--scenario pol.yaml: rules:case.yaml:node-1=rules realises the cluster its rules were made for, not this",
+        ),
+        (
+            ["run", "--implementation", "rules:case.yaml:node-1=rules", "--spec", "hairpin,policy"],
+            "--spec policy: cannot judge rules:case.yaml:node-1=rules: its rules realise one cluster",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_without_traceback(
@@ -121,6 +145,7 @@ def test_bad_arguments_exit_2_without_traceback(
     (tmp_path / "single.conf").write_text('{"cniVersion": "1.0.0", "name": "n", "type": "bridge"}')
     (tmp_path / "untyped").write_text('{"plugins": [{"type": "bridge"}, {"capabilities": {}}]}')
     (tmp_path / "path").write_text('{"plugins": [{"type": "/bin/sh"}]}')
+    (tmp_path / "pol.yaml").write_text((Path(__file__).parent / "scenarios" / "policies.yaml").read_text())
     (tmp_path / "good.conflist").write_text((Path(__file__).parent / "cni" / "bridge.conflist").read_text())
     before = sorted(tmp_path.iterdir())
     assert main(argv) == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -21,6 +22,7 @@ from backends.netns.snapshot import snapshot_run
 from backends.sim import SimBackend
 from backends.sim_snapshot import SimSnapshotBackend
 from conformance.cases import Case
+from conformance.cli import main
 from conformance.dataplane import Dataplane, Route
 from conformance.implementations import get_implementation
 from conformance.implementations.foreign import ForeignScenarioError, fixed_cases, from_snapshot, load
@@ -138,7 +140,43 @@ def test_foreign_ruleset_on_both_backends(live: NetnsBackend) -> None:
     assert [o.outcomes for o in on_snapshot] == [o.outcomes for o in sim.observe(probes)]
 
 
+def test_foreign_ruleset_compare_from_the_command_line(live: NetnsBackend, tmp_path: Path) -> None:
+    # `live` only gates on the netns backend being usable; the command builds its own namespaces.
+    name = f"rules:{RULES_SCENARIO}:node-1={RULES}"
+    argv = ["compare", "--backends", "sim,netns", "--implementation", name, "--examples", "10", "--seed", "1"]
+    assert main([*argv, "--report-dir", str(tmp_path)]) == 0
+    # snapshot deploys the rules' own cluster unless told otherwise.
+    assert main(["snapshot", "--implementation", name, "--out", str(tmp_path / "node.json")]) == 0
+    snapshot = load_dataplane((tmp_path / "node.json").read_text(), "node.json")
+    # The kernel saves rules in its own spelling (--or-mark as --set-xmark): judge by the file's own chain names.
+    assert "-A KUBE-SEP-A " in snapshot.netns("node-node-1").iptables
+    assert "-A KUBE-SEP-A " not in snapshot.netns("node-node-2").iptables  # other nodes: the reference's rules
+
+
 # -- no privileges needed ------------------------------------------------------------
+
+
+def test_foreign_ruleset_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A proxy author's flow: `run --implementation rules:SCENARIO:NODE=FILE`, then the printed replay."""
+    name = f"rules:{RULES_SCENARIO}:node-1={RULES}"
+    assert main(["run", "--implementation", name, "--examples", "10", "--report-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{name}: not judged by policy, accept-local" in out  # they draw their own clusters
+    rows = [line.split() for line in out.splitlines() if line.split()[1:3] == ["sim", name]]
+    assert [(row[0], row[3]) for row in rows] == [("connectivity", "pass"), ("dnat", "pass"), ("hairpin", "pass")]
+    unmasqueraded = tmp_path / "node-1 no masq.rules"  # kube-proxy's rules without the hairpin masquerade
+    kept = [line for line in RULES.read_text().splitlines() if "-j KUBE-MARK-MASQ" not in line]
+    unmasqueraded.write_text("\n".join(kept) + "\n")
+    broken = f"rules:{RULES_SCENARIO}:node-1={unmasqueraded}"
+    argv = ["run", "--implementation", broken, "--spec", "hairpin", "--examples", "10", "--seed", "1"]
+    assert main([*argv, "--report-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    replay = shlex.split(
+        next(line for line in out.splitlines() if line.startswith("reproduce: "))[len("reproduce: ") :]
+    )
+    assert replay[replay.index("--implementation") + 1] == broken
+    assert main(replay[1:]) == 1
+    assert "martian source 10.244.1.11" in capsys.readouterr().out
 
 
 def test_foreign_ruleset_passes_the_specs_it_can_on_the_simulator() -> None:

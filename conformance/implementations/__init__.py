@@ -13,6 +13,7 @@ from typing import Protocol
 from conformance.dataplane import Dataplane
 from conformance.implementations.broken import BROKEN
 from conformance.implementations.cniplugins import CNI_IMPLEMENTATIONS, ConflistError, from_file
+from conformance.implementations.foreign import RULES, RULES_FORM, from_name
 from conformance.implementations.reference import REFERENCE_IMPLEMENTATION
 from conformance.model import Scenario
 
@@ -47,12 +48,15 @@ CONFLIST = "conflist:"
 
 
 def get_implementation(name: str) -> Implementation:
-    """A registered implementation, or `conflist:PATH` (raises ConflistError when the file cannot be used)."""
+    """A registered implementation, `conflist:PATH` or `rules:SCENARIO:NODE=FILE...` (ConflistError and
+    ForeignScenarioError when their files cannot be used)."""
     if name.startswith(CONFLIST):
         return from_file(Path(name[len(CONFLIST) :]), name=name)
+    if name.startswith(RULES):
+        return from_name(name)
     found = IMPLEMENTATIONS.get(name) or CNI_PLUGIN_IMPLEMENTATIONS.get(name)
     if found is None:
-        valid = ", ".join([*IMPLEMENTATIONS, *CNI_PLUGIN_IMPLEMENTATIONS, f"{CONFLIST}PATH"])
+        valid = ", ".join([*IMPLEMENTATIONS, *CNI_PLUGIN_IMPLEMENTATIONS, f"{CONFLIST}PATH", RULES_FORM])
         raise KeyError(f"unknown implementation {name!r}; valid names: {valid}")
     return found
 
@@ -73,6 +77,7 @@ __all__ = [
     "CONFLIST",
     "IMPLEMENTATIONS",
     "REFERENCE",
+    "RULES",
     "ConflistError",
     "Implementation",
     "broken_implementations",

@@ -26,15 +26,16 @@ from conformance.cases import Case
 from conformance.dataplane import Dataplane
 from conformance.implementations import wiring
 from conformance.implementations.reference import REFERENCE_OPTIONS, render
-from conformance.loader import load_scenario
+from conformance.loader import ScenarioError, load_scenario, read_text
 from conformance.model import Scenario
 from conformance.probes import Probe
 from conformance.snapshot import clean_rules
+from conformance.specs import Spec
 from conformance.specs.common import cases_of
 
 
-class ForeignScenarioError(ValueError):
-    """The ruleset was made for another cluster than the one asked for."""
+class ForeignScenarioError(ScenarioError):
+    """The ruleset was made for another cluster than the one asked for, or its files cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class ForeignRuleset:
         if scenario != self.scenario:
             raise ForeignScenarioError(
                 f"{self.name}: the ruleset was made for scenario {self.scenario.name!r}; "
-                "it cannot render another cluster (drive the specs with fixed_cases)"
+                "it cannot render another cluster (in Python, drive the specs with fixed_cases)"
             )
         base = render(scenario, REFERENCE_OPTIONS, self.name)
         nodes = {wiring.node_netns(n): n.name for n in scenario.nodes}
@@ -67,14 +68,49 @@ def load(rules: Mapping[str, Path], scenario: Path, *, name: str | None = None) 
     s = load_scenario(scenario)
     unknown = sorted(set(rules) - {n.name for n in s.nodes})
     if unknown:
-        raise ForeignScenarioError(f"{scenario}: no node(s) {', '.join(unknown)} for the supplied rules")
+        nodes = ", ".join(n.name for n in s.nodes)
+        raise ForeignScenarioError(
+            f"{scenario}: no node(s) {', '.join(unknown)} for the supplied rules (its nodes: {nodes})"
+        )
     shown = ", ".join(f"{node}={path.name}" for node, path in sorted(rules.items()))
     return ForeignRuleset(
         name=name or f"rules:{shown}",
         description=f"iptables rules {shown} for {scenario.name}; other nodes: reference rules",
         scenario=s,
-        rules={node: path.read_text() for node, path in rules.items()},
+        rules={node: read_text(path) for node, path in rules.items()},
     )
+
+
+# A proxy's rules from the command line: `rules:SCENARIO:NODE=FILE[+NODE=FILE...]` names the implementation and is
+# also the word that rebuilds it (reports' rerun and replay commands).
+RULES = "rules:"
+RULES_FORM = f"{RULES}SCENARIO.yaml:NODE=RULES[+NODE=RULES...], e.g. {RULES}cluster.yaml:node-1=node-1.rules"
+
+
+def from_name(name: str) -> ForeignRuleset:
+    """The implementation a `rules:...` name describes; errors are ForeignScenarioError (a ScenarioError)."""
+    scenario, sep, pairs = name[len(RULES) :].partition(":")
+    if not name.startswith(RULES) or not sep or not scenario or not pairs:
+        raise ForeignScenarioError(f"expected {RULES_FORM}")
+    rules: dict[str, Path] = {}
+    for item in pairs.split("+"):
+        node, eq, path = item.partition("=")
+        if not eq or not node or not path:
+            raise ForeignScenarioError(f"{item!r}: expected NODE=RULES (a node of the scenario and its rules file)")
+        if node in rules:
+            raise ForeignScenarioError(f"node {node} is given twice")
+        rules[node] = Path(path)
+    return load(rules, Path(scenario), name=name)
+
+
+def can_run(spec: str) -> bool:
+    """Whether `spec` can draw its cases within a fixed scenario (see FIXED_PROBES)."""
+    return spec in FIXED_PROBES
+
+
+def on_fixed_scenario(spec: Spec, scenario: Scenario) -> Spec:
+    """`spec` with its cases drawn within `scenario`; its pinned examples (other clusters) are left out."""
+    return replace(spec, cases=lambda: fixed_cases(spec.name, scenario), examples=())
 
 
 # The probes each spec judges, drawn within a fixed scenario: the same kinds the
@@ -121,3 +157,15 @@ def from_snapshot(dataplane_file: Path, scenario: Path) -> FixedDataplane:
         dataplane=dataplane,
         scenario=load_scenario(scenario),
     )
+
+
+def fixed_scenario(implementation: object) -> Scenario | None:
+    """The one scenario an implementation realises (a foreign ruleset, a dataplane file); None: it renders any."""
+    if isinstance(implementation, ForeignRuleset | FixedDataplane):
+        return implementation.scenario
+    return None
+
+
+def fixed_comparison_cases(scenario: Scenario) -> st.SearchStrategy[Case]:
+    """What `compare` draws within a fixed scenario: probes of every kind, as its own cases have."""
+    return cases_of(st.just(scenario), lambda s: strategies.probes(s), max_probes=6)
