@@ -285,6 +285,53 @@ def test_cleanup_after_sigkill(available: None) -> None:
     assert cleanup(run_id) == []
 
 
+def test_sigterm_mid_run_tears_down(available: None, tmp_path: Path) -> None:
+    """A cancelled CI job's SIGTERM: the CLI unwinds and removes exactly its run's containers and network."""
+    client = daemon.connect()
+    before = {
+        c.labels.get(common.RUN_LABEL) for c in client.containers.list(all=True, filters={"label": common.RUN_LABEL})
+    }
+    argv = [
+        "run",
+        "--backend",
+        "docker",
+        "--spec",
+        "connectivity",
+        "--examples",
+        "100000",
+        "--report-dir",
+        str(tmp_path),
+    ]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "conformance.cli", *argv],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        run_id = None
+        deadline = time.monotonic() + 120
+        while run_id is None and time.monotonic() < deadline:
+            assert child.poll() is None, child.communicate()
+            running = client.containers.list(filters={"label": common.RUN_LABEL})
+            new = {c.labels[common.RUN_LABEL] for c in running} - before
+            run_id = next(iter(new)) if len(new) == 1 else None
+            time.sleep(0.2)
+        assert run_id is not None, "the run started no container within 120 s"
+        time.sleep(1)  # well into building or probing
+        child.send_signal(signal.SIGTERM)
+        out, _ = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 128 + signal.SIGTERM, out
+    assert "netconformance: terminated by SIGTERM; tearing down what this run built" in out
+    assert "Traceback" not in out
+    assert _ours(client, run_id) == []
+
+
 def test_cleanup_leaves_live_runs_alone(backend: DockerBackend) -> None:
     backend.deploy(get_implementation("reference").render(classic_scenario()))
     before = _ours(backend.client, backend.run_id)
