@@ -487,6 +487,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         f"  {CONFLIST + 'PATH':<24} your own .conflist's plugins ({{podCIDR}} and {{gateway}} filled in per node),"
         " kube-proxy's rules; on netns the plugins come from NETCONFORMANCE_CNI_PATH (default /opt/cni/bin:/usr/lib/cni)"
     )
+    print("a proxy's own rules (sim, netns, docker, sim-snapshot):")
+    print(
+        f"  {RULES + 'SCENARIO.yaml:NODE=RULES[+NODE=RULES...]'}  iptables-save files for the cluster the scenario"
+        f" describes; judged by {', '.join(FIXED_PROBES)} (probes drawn within that cluster)"
+    )
     print("backends:")
     for name in backend_names():
         try:
