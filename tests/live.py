@@ -9,6 +9,10 @@ fails instead when NETCONFORMANCE_REQUIRE_BACKENDS names the backend.
 from __future__ import annotations
 
 import dataclasses
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -99,3 +103,33 @@ def assert_like_sim(dataplane: Dataplane, probes: Sequence[Probe], samples: Sequ
         if sample not in expected.possible:
             bad.append(f"{expected.probe}: {who} {sample.summary()} [{sample.reason}]; sim {expected.describe()}")
     assert not bad, f"{dataplane.implementation}:\n" + "\n".join(bad)
+
+
+@dataclasses.dataclass(frozen=True)
+class Terminated:
+    run_id: str
+    returncode: int
+    output: str  # stdout and stderr together
+
+
+def terminate_once_started(
+    args: Sequence[str], started: Callable[[], str | None], *, env: dict[str, str] | None = None, timeout: float = 120
+) -> Terminated:
+    """Start `python args...`, wait until `started()` names the run it built, send SIGTERM, and wait for the end."""
+    child = subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        run_id, deadline = None, time.monotonic() + timeout
+        while run_id is None and time.monotonic() < deadline:
+            assert child.poll() is None, child.communicate()
+            run_id = started()
+            time.sleep(0.05)
+        assert run_id is not None, f"the run built nothing within {timeout:.0f} s"
+        child.send_signal(signal.SIGTERM)
+        out, _ = child.communicate(timeout=timeout)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return Terminated(run_id, child.returncode, out)

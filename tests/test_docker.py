@@ -50,6 +50,7 @@ from live import (
     live_or_skip,
     sampled,
     simulated,
+    terminate_once_started,
 )
 
 
@@ -288,9 +289,13 @@ def test_cleanup_after_sigkill(available: None) -> None:
 def test_sigterm_mid_run_tears_down(available: None, tmp_path: Path) -> None:
     """A cancelled CI job's SIGTERM: the CLI unwinds and removes exactly its run's containers and network."""
     client = daemon.connect()
-    before = {
-        c.labels.get(common.RUN_LABEL) for c in client.containers.list(all=True, filters={"label": common.RUN_LABEL})
-    }
+    flt = {"label": common.RUN_LABEL}
+    before = {c.labels.get(common.RUN_LABEL) for c in client.containers.list(all=True, filters=flt)}
+
+    def started() -> str | None:
+        new = {c.labels[common.RUN_LABEL] for c in client.containers.list(filters=flt)} - before
+        return next(iter(new)) if len(new) == 1 else None
+
     argv = [
         "run",
         "--backend",
@@ -302,34 +307,11 @@ def test_sigterm_mid_run_tears_down(available: None, tmp_path: Path) -> None:
         "--report-dir",
         str(tmp_path),
     ]
-    child = subprocess.Popen(
-        [sys.executable, "-m", "conformance.cli", *argv],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        run_id = None
-        deadline = time.monotonic() + 120
-        while run_id is None and time.monotonic() < deadline:
-            assert child.poll() is None, child.communicate()
-            running = client.containers.list(filters={"label": common.RUN_LABEL})
-            new = {c.labels[common.RUN_LABEL] for c in running} - before
-            run_id = next(iter(new)) if len(new) == 1 else None
-            time.sleep(0.2)
-        assert run_id is not None, "the run started no container within 120 s"
-        time.sleep(1)  # well into building or probing
-        child.send_signal(signal.SIGTERM)
-        out, _ = child.communicate(timeout=120)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    assert child.returncode == 128 + signal.SIGTERM, out
-    assert "netconformance: terminated by SIGTERM; tearing down what this run built" in out
-    assert "Traceback" not in out
-    assert _ours(client, run_id) == []
+    done = terminate_once_started(["-m", "conformance.cli", *argv], started)
+    assert done.returncode == 128 + signal.SIGTERM, done.output
+    assert "netconformance: terminated by SIGTERM; tearing down what this run built" in done.output
+    assert "Traceback" not in done.output
+    assert _ours(client, done.run_id) == []
 
 
 def test_cleanup_leaves_live_runs_alone(backend: DockerBackend) -> None:

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -40,6 +39,7 @@ from live import (
     live_or_skip,
     sampled,
     simulated,
+    terminate_once_started,
 )
 
 
@@ -185,32 +185,20 @@ def test_sigterm_mid_run_tears_down(how: str, privileged: None, tmp_path: Path) 
     """A cancelled CI job's SIGTERM: the run unwinds, removes exactly its namespaces and says so."""
     args, code, message = TERMINATED_RUNS[how]
     before = set(records.STATE_DIR.glob("*.json")) if records.STATE_DIR.is_dir() else set()
+
+    def started() -> str | None:
+        # The record is written before anything is created; then wait for its namespaces.
+        new = set(records.STATE_DIR.glob("*.json")) - before if records.STATE_DIR.is_dir() else set()
+        run_id = next(iter(new)).stem if len(new) == 1 else None
+        return run_id if run_id and any(n.startswith(f"nc-{run_id}-") for n in _netns_names()) else None
+
     env = {**os.environ, "NETCONFORMANCE_REPORT_DIR": str(tmp_path)}
     args = [*args, "--report-dir", str(tmp_path)] if how == "cli" else args
-    child = subprocess.Popen(
-        [sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        run_id = None
-        for _ in range(1200):  # the record is written before anything is created; then wait for its namespaces
-            new = set(records.STATE_DIR.glob("*.json")) - before if records.STATE_DIR.is_dir() else set()
-            if len(new) == 1 and any(n.startswith(f"nc-{next(iter(new)).stem}-") for n in _netns_names()):
-                run_id = next(iter(new)).stem
-                break
-            assert child.poll() is None, child.communicate()
-            time.sleep(0.05)
-        assert run_id is not None, "the run built no namespace within 60 s"
-        child.send_signal(signal.SIGTERM)
-        out, _ = child.communicate(timeout=60)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    assert child.returncode == code, out
-    assert message in out
-    assert "Traceback" not in out
-    assert not [n for n in _netns_names() if n.startswith(f"nc-{run_id}-")]
-    assert not (records.STATE_DIR / f"{run_id}.json").exists()
+    done = terminate_once_started(args, started, env=env)
+    assert done.returncode == code, done.output
+    assert message in done.output and "Traceback" not in done.output
+    assert not [n for n in _netns_names() if n.startswith(f"nc-{done.run_id}-")]
+    assert not (records.STATE_DIR / f"{done.run_id}.json").exists()
 
 
 def _policy_probes() -> list[Probe]:
