@@ -24,6 +24,11 @@ class BackendUnavailable(RuntimeError):
     """The backend cannot run here; the message says exactly why and what to do."""
 
 
+class BackendError(RuntimeError):
+    """The backend failed at what it was given: a rule the kernel refused, a CNI plugin whose ADD failed, an agent
+    that went away. The message carries what the kernel, plugin or agent said."""
+
+
 def env_seconds(name: str, default: float, env: Mapping[str, str] | None = None) -> float:
     """A positive number of seconds from environment variable `name` (unset or empty: `default`)."""
     value = (os.environ if env is None else env).get(name, "")

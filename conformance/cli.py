@@ -17,9 +17,10 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import NoReturn
 
-from backends import Backend, BackendUnavailable, backend_names, get_backend
-from backends.sim.iptables import RulesetError
+from backends import Backend, BackendError, BackendUnavailable, backend_names, get_backend
+from backends.sim.iptables import RulesetError, parse_iptables_save
 from backends.sim.kernel import SimError
+from backends.sim.netfilter import compiled_tables
 from backends.sim_snapshot import SimSnapshotBackend
 from conformance.arguments import UsageError, backend_list, count, name_list
 from conformance.bench import render as render_bench
@@ -37,20 +38,25 @@ from conformance.implementations import (
     get_implementation,
     runs_cni_plugins,
 )
+from conformance.implementations.cniplugins import CniPlugins
 from conformance.implementations.foreign import (
     FIXED_PROBES,
     RULES_FORM,
+    ForeignRuleset,
     can_run,
     fixed_comparison_cases,
     fixed_scenario,
+    nothing_to_compare,
+    nothing_to_probe,
     on_fixed_scenario,
 )
 from conformance.loader import ScenarioError, load_scenario
+from conformance.model import Scenario
 from conformance.progress import Progress
 from conformance.reporting import RunMeta, new_run_dir, write_run
 from conformance.reporting import register as register_report
 from conformance.reporting.reproduce import file_stem
-from conformance.runner import SpecResult, replay, run_spec, summarize
+from conformance.runner import REPLAY_SAMPLES, SpecResult, replay_sampled, run_spec, summarize
 from conformance.snapshot import SnapshotError, dump_dataplane
 from conformance.specs import all_specs, get_spec
 from conformance.strategies import classic_scenario
@@ -133,14 +139,47 @@ def _implementation(names: str) -> list[str]:
     return chosen
 
 
-def _check_pairs(backends: Sequence[Backend], implementations: Sequence[str]) -> None:
+def _check_pairs(
+    backends: Sequence[Backend],
+    implementations: Sequence[str],
+    *,
+    hint: str = "use --backend netns, docker or sim-snapshot",
+) -> None:
     """Implementations wired by real CNI plugins cannot run on the plain simulator (it runs no plugin binaries)."""
     for name in implementations:
         if runs_cni_plugins(name) and any(b.name == "sim" for b in backends):
-            _fail(
-                f"--implementation {name} runs real CNI plugin binaries, which backend sim does not: "
-                "use --backend netns, docker or sim-snapshot"
-            )
+            _fail(f"--implementation {name} runs real CNI plugin binaries, which backend sim does not: {hint}")
+
+
+def _check_plugins_present(backends: Sequence[Backend], implementations: Sequence[str]) -> None:
+    """A user's conflist on this machine's kernel: its plugins must be in CNI_PATH, said before anything is built.
+
+    (A docker node has its own plugins, in the image: its agent says so at deploy.)"""
+    if not any(b.name in ("netns", "sim-snapshot") for b in backends):
+        return
+    from backends.netns.cni import missing_plugins_message, plugin_types
+
+    for name in implementations:
+        if name.startswith(CONFLIST):
+            impl = get_implementation(name)
+            assert isinstance(impl, CniPlugins)
+            missing = missing_plugins_message(plugin_types(impl.conflist))
+            if missing:
+                _fail(f"--implementation {name}: {missing}")
+
+
+def _check_rules_on_simulator(backends: Sequence[Backend], implementations: Sequence[str]) -> None:
+    """A proxy's rules bound for the simulator: parsed and checked now, errors naming the file and line (as trace).
+
+    Only then: a real kernel may take what the simulator does not model (an ipset match, say), and says so itself.
+    """
+    if not any(b.name == "sim" for b in backends):
+        return
+    for name in implementations:
+        impl = get_implementation(name)
+        if isinstance(impl, ForeignRuleset):
+            for node, path in impl.files.items():
+                compiled_tables(parse_iptables_save(impl.rules[node], source=str(path)))
 
 
 def _run_dir(report_dir: str) -> Path:
@@ -154,9 +193,12 @@ def _run_dir(report_dir: str) -> Path:
 
 
 def _fixed_scenario_specs(specs: Sequence[str], implementations: Sequence[str], *, chosen: bool) -> None:
-    """A proxy's rules realise one cluster: specs that build their own clusters cannot judge them."""
+    """A proxy's rules realise one cluster: specs that build their own clusters cannot judge them, nor can specs
+    whose probes that cluster cannot provide. Named with --spec, such a pair is refused; otherwise it is left out
+    (`_judges`) and said here."""
     for name in implementations:
-        if fixed_scenario(get_implementation(name)) is None:
+        scenario = fixed_scenario(get_implementation(name))
+        if scenario is None:
             continue
         cannot = [s for s in specs if not can_run(s)]
         if cannot and chosen:
@@ -166,6 +208,17 @@ def _fixed_scenario_specs(specs: Sequence[str], implementations: Sequence[str], 
             )
         if cannot:
             print(f"{name}: not judged by {', '.join(cannot)} (they build their own clusters around their probes)")
+        for spec in specs:
+            why = nothing_to_probe(spec, scenario) if can_run(spec) else None
+            if why is not None and chosen:
+                _fail(f"--spec {spec}: cannot judge {name}: {why}")
+            if why is not None:
+                print(f"{name}: not judged by {spec}: {why}")
+
+
+def _judges(spec: str, scenario: Scenario | None) -> bool:
+    """Whether `spec` runs on an implementation realising `scenario` (None: any scenario); see above."""
+    return scenario is None or (can_run(spec) and nothing_to_probe(spec, scenario) is None)
 
 
 def _run_matrix(
@@ -178,9 +231,9 @@ def _run_matrix(
             scenario = fixed_scenario(impl)
             for spec_name in specs:
                 spec = get_spec(spec_name)
+                if not _judges(spec_name, scenario):
+                    continue  # said up front (_fixed_scenario_specs)
                 if scenario is not None:
-                    if not can_run(spec_name):
-                        continue  # said up front (_fixed_scenario_specs)
                     spec = on_fixed_scenario(spec, scenario)
                 progress = Progress(f"{spec_name} / {impl_name} / {backend.name}", examples)
                 r = run_spec(spec, backend, impl, examples=examples, seed=seed, on_example=progress.step)
@@ -194,7 +247,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     specs = _specs(args.spec)
     implementations = _implementation(args.implementation)
     _check_pairs(backends, implementations)
+    _check_plugins_present(backends, implementations)
+    _check_rules_on_simulator(backends, implementations)
     _fixed_scenario_specs(specs, implementations, chosen=bool(args.spec))
+    if not any(_judges(s, fixed_scenario(get_implementation(i))) for s in specs for i in implementations):
+        _fail(f"--implementation {','.join(implementations)}: no spec can judge it (see above)")
     run_dir = _run_dir(args.report_dir)
     meta = RunMeta.begin(args.argv, seed=args.seed, examples=args.examples)
     results = _run_matrix(specs, backends, implementations, args.examples, args.seed)
@@ -277,16 +334,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
     impl = _one(_implementation(args.implementation), "--implementation")
     (backend,) = _backends(_one(name_list(args.backend, "--backend"), "--backend"))
     _check_pairs([backend], [impl])
+    _check_plugins_present([backend], [impl])
+    _check_rules_on_simulator([backend], [impl])
+    _fixed_scenario_specs([spec.name], [impl], chosen=True)
     case = load_case(args.case)
-    observations, violations = replay(spec, case, backend, get_implementation(impl))
-    for obs in observations:
+    done = replay_sampled(spec, case, backend, get_implementation(impl))
+    for obs in done.observations:
         print(obs.describe())
-    if violations:
-        print("\nviolations:")
-        for v in violations:
+    # A sampling backend takes one load-balancing branch per connection: say how many samples were taken.
+    sampled = "" if backend.exact else f" (sample {done.samples} of up to {REPLAY_SAMPLES})"
+    if done.violations:
+        print(f"\nviolations{sampled}:")
+        for v in done.violations:
             print(f"  - {v}")
         return 1
-    print(f"\nspec {spec.name} holds for this case on {backend.name} with {impl}")
+    held = "" if backend.exact else f" in all {done.samples} samples"
+    print(f"\nspec {spec.name} holds for this case on {backend.name} with {impl}{held}")
     return 0
 
 
@@ -336,7 +399,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     real = [b for b in backends if not b.exact]
     if len(exact) != 1 or not real:
         _fail("--backends: name one exact backend (sim) and at least one real backend, e.g. sim,netns")
-    implementations = [get_implementation(n) for n in _implementation(args.implementation)]
+    names = _implementation(args.implementation)
+    _check_pairs(exact, names, hint="predict it from the live nodes with --backends sim-snapshot,netns")
+    _check_plugins_present(backends, names)
+    _check_rules_on_simulator(backends, names)
+    for name in names:
+        scenario = fixed_scenario(get_implementation(name))
+        if scenario is not None and nothing_to_compare(scenario):
+            _fail(f"--implementation {name}: scenario {scenario.name!r} has no pod, Service or NodePort to probe")
+    implementations = [get_implementation(n) for n in names]
     predictor = exact[0]
     if predictor.name == "sim-snapshot":
         # Predict from the very namespaces the real backend built.
@@ -456,7 +527,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         scenario = load_scenario(args.scenario) if args.scenario is not None else fixed or classic_scenario()
         if fixed is not None and scenario != fixed:
             _fail(f"--scenario {args.scenario}: {name} realises the cluster its rules were made for, not this one")
-        _backends("netns")  # checks privileges and tools first
+        _check_plugins_present(_backends("netns"), [name])  # privileges, tools and plugins first
         dataplane = snapshot_deployment(impl.render(scenario))
     try:
         out.write_text(dump_dataplane(dataplane), encoding="utf-8")
@@ -509,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser, examples: int) -> None:
         sp.add_argument("--backend", default="sim", help="comma-separated backends (default: sim)")
-        sp.add_argument("--spec", action="append", help="a spec to run (repeatable; default: all)")
+        sp.add_argument("--spec", action="append", help="comma-separated specs (repeatable; default: all)")
         sp.add_argument("--examples", type=count, default=examples, help=f"examples per spec (default: {examples})")
         sp.add_argument("--seed", type=int, default=None, help="Hypothesis seed (default: random, printed)")
 
@@ -524,7 +595,11 @@ def build_parser() -> argparse.ArgumentParser:
     mut.add_argument("--report-dir", default=str(DEFAULT_REPORT_DIR), help="where run reports go")
     mut.set_defaults(func=cmd_mutants)
 
-    rep = sub.add_parser("replay", help="replay a saved case file")
+    rep = sub.add_parser(
+        "replay",
+        help=f"replay a saved case file (a sampling backend observes it up to {REPLAY_SAMPLES} times, to the first"
+        " violation)",
+    )
     rep.add_argument("case", help="a case file written by a failing run")
     rep.add_argument("--spec", required=True)
     rep.add_argument("--backend", default="sim")
@@ -599,6 +674,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ScenarioError, RulesetError, TraceError, SimError, SnapshotError) as e:
         kind = "error" if not isinstance(e, SimError) else "not modelled by the simulator"
         print(f"netconformance: {kind}: {e}", file=sys.stderr)
+        return 2
+    except BackendUnavailable as e:
+        print(f"netconformance: a backend cannot run here: {e}", file=sys.stderr)
+        return 2
+    except BackendError as e:  # replay and snapshot deploy once, outside run_spec's per-cell errors
+        print(f"netconformance: the backend could not build the dataplane: {e}", file=sys.stderr)
         return 2
     except Terminated as e:
         print(f"netconformance: terminated by {e.name}; tearing down what this run built", file=sys.stderr)

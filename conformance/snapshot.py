@@ -16,8 +16,9 @@ one exec per namespace.
 The reader never guesses: state the simulator does not model (another link
 kind that is up, a link that is down, policy routing, multipath or
 non-unicast routes, two routes to one prefix, proxy_arp or arp_ignore,
-VLAN filtering, bridge port flags other than hairpin, nftables rules) is a
-`SnapshotError` naming it and where.
+VLAN filtering, bridge port flags other than hairpin, nftables rules, a
+queueing discipline that shapes or filters) is a `SnapshotError` naming it
+and where.
 
 Listeners (probe servers) and probe sources are not kernel state: they are
 carried over from the Dataplane that was deployed (`carry_over`).
@@ -60,6 +61,7 @@ echo; echo @@addresses; ip -j addr show
 echo; echo @@routes; ip -j -d route show table main
 echo; echo @@rules; ip -j rule show
 echo; echo @@nsids; ip -j netns list-id 2>/dev/null || echo '[]'
+echo; echo @@qdiscs; if command -v tc >/dev/null 2>&1; then tc -j qdisc show; else echo null; fi
 echo; echo @@sysctls
 for f in /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/icmp_ratelimit \
     /proc/sys/net/bridge/bridge-nf-call-iptables /proc/sys/net/ipv4/conf/*/rp_filter \
@@ -126,7 +128,7 @@ def split_sections(text: str) -> dict[str, str]:
 
 
 def parse_netns(sections: Mapping[str, str], where: str) -> RawNetns:
-    for name in ("links", "addresses", "routes", "rules", "nsids", "sysctls", "iptables"):
+    for name in ("links", "addresses", "routes", "rules", "nsids", "qdiscs", "sysctls", "iptables"):
         if name not in sections:
             raise SnapshotError(f"{where}: the read script printed no {name} section")
     links = parse_links(sections["links"], where)
@@ -134,6 +136,7 @@ def parse_netns(sections: Mapping[str, str], where: str) -> RawNetns:
     addresses = parse_addresses(sections["addresses"])
     routes, no_prefix = parse_routes(sections["routes"], addresses, where)
     _check_rules(sections["rules"], where)
+    _check_qdiscs(sections["qdiscs"], where)
     if sections.get("nftables", "").strip():
         raise SnapshotError(
             f"{where}: nftables tables present ({sections['nftables'].split()!r}); only iptables is read"
@@ -224,6 +227,24 @@ def _check_rules(text: str, where: str) -> None:
     extra = [r for r in _json_list(text, f"{where}: ip rule") if set(r) - {"priority", "src", "table"}]
     if rules != DEFAULT_RULES or extra:
         raise SnapshotError(f"{where}: policy routing rules ({sorted(rules)}): only the main table is modelled")
+
+
+# Queueing disciplines that only order and queue packets: with a probe's few packets nothing waits or drops. Any
+# other (tbf and htb shape, netem delays and loses, ingress and clsact carry filters that police or redirect, as the
+# bandwidth CNI plugin's do) changes what a probe sees, and the simulator models none of them.
+PLAIN_QDISCS = frozenset({"noqueue", "pfifo_fast", "pfifo", "bfifo", "fq_codel", "fq", "mq", "sfq", "codel"})
+
+
+def _check_qdiscs(text: str, where: str) -> None:
+    if text.strip() == "null":
+        raise SnapshotError(f"{where}: tc is not installed, so its queueing disciplines cannot be read (iproute2's tc)")
+    found = [(str(q.get("kind")), str(q.get("dev"))) for q in _json_list(text, f"{where}: tc qdisc")]
+    shaping = sorted({f"{kind} on {dev}" for kind, dev in found if kind not in PLAIN_QDISCS})
+    if shaping:
+        raise SnapshotError(
+            f"{where}: queueing discipline(s) {', '.join(shaping)}: traffic shaping, policing and tc filters are not"
+            " modelled by the simulator"
+        )
 
 
 def parse_sysctls(text: str, devices: Sequence[str], where: str) -> tuple[tuple[str, str], ...]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
 
+from backends import BackendUnavailable
+from backends.netns import NetnsBackend
 from conformance.cli import main
 from conformance.pytest_plugin import _backend_option
 
@@ -50,6 +53,19 @@ def test_run_broken_fails_with_a_reproducer_that_replays(tmp_path: Path, capsys:
     # The saved minimal case fails the same way when replayed, and passes on the reference.
     assert main(["replay", str(case), "--spec", "hairpin", "--implementation", "hairpin-mode-off"]) == 1
     assert main(["replay", str(case), "--spec", "hairpin", "--implementation", "reference"]) == 0
+
+
+def _netns_unavailable() -> str | None:
+    try:
+        NetnsBackend().preflight()
+    except BackendUnavailable as e:
+        return str(e)
+    return None
+
+
+# compare checks its backends (netns needs root) before the implementation.
+_WHY_NOT_NETNS = _netns_unavailable()
+NEEDS_NETNS = pytest.mark.skipif(_WHY_NOT_NETNS is not None, reason=f"netns: {_WHY_NOT_NETNS}")
 
 
 @pytest.mark.parametrize(
@@ -101,6 +117,15 @@ def test_run_broken_fails_with_a_reproducer_that_replays(tmp_path: Path, capsys:
         (["run", "--implementation", "conflist:single.conf"], "single.conf: not a CNI network configuration list:"),
         (["run", "--implementation", "conflist:untyped"], 'untyped: plugins[1]: expected an object with a "type"'),
         (["run", "--implementation", "conflist:path"], "path: plugins[0].type '/bin/sh': a plugin name, not a path"),
+        (["run", "--implementation", "conflist:unnamed"], 'unnamed: expected a "name" (the network\'s name, a string)'),
+        (["run", "--implementation", "conflist:caps"], "caps: plugins[0].capabilities: expected an object"),
+        (["run", "--implementation", "conflist:fifo"], "conflist:fifo: fifo: not a regular file"),  # would block
+        (["run", "--implementation", "conflist:/dev/zero"], "/dev/zero: not a regular file"),  # would never end
+        pytest.param(
+            ["compare", "--backends", "sim,netns", "--implementation", "conflist:good.conflist"],
+            "which backend sim does not: predict it from the live nodes with --backends sim-snapshot,netns",
+            marks=NEEDS_NETNS,
+        ),
         (
             ["run", "--implementation", "conflist:good.conflist"],
             "conflist:good.conflist runs real CNI plugin binaries, which backend sim does not",
@@ -126,6 +151,22 @@ def test_run_broken_fails_with_a_reproducer_that_replays(tmp_path: Path, capsys:
             ],
             "--scenario pol.yaml: rules:case.yaml:node-1=rules realises the cluster its rules were made for, not this",
         ),
+        (["run", "--implementation", "rules:case.yaml:node-1=case.yaml"], "case.yaml: no table (*nat, *filter, ...)"),
+        (["run", "--implementation", "rules:case.yaml:node-1=ipset"], "ipset:4: -A FORWARD -m set --match-set s src"),
+        (["run", "--implementation", "rules:nopods.yaml:node-1=rules"], "no spec can judge it (see above)"),
+        (
+            ["run", "--implementation", "rules:nopods.yaml:node-1=rules", "--spec", "dnat"],
+            "--spec dnat: cannot judge rules:nopods.yaml:node-1=rules: dnat needs a Service with a TCP or UDP port",
+        ),
+        pytest.param(
+            ["compare", "--implementation", "rules:nopods.yaml:node-1=rules"],
+            "scenario 'nopods' has no pod, Service or NodePort to probe",
+            marks=NEEDS_NETNS,
+        ),
+        (
+            ["replay", "case.yaml", "--spec", "policy", "--implementation", "rules:case.yaml:node-1=rules"],
+            "--spec policy: cannot judge rules:case.yaml:node-1=rules",
+        ),
         (
             ["run", "--implementation", "rules:case.yaml:node-1=rules", "--spec", "hairpin,policy"],
             "--spec policy: cannot judge rules:case.yaml:node-1=rules: its rules realise one cluster",
@@ -143,8 +184,16 @@ def test_bad_arguments_exit_2_without_traceback(
     (tmp_path / "binary").write_bytes(b"*\xff\n")
     (tmp_path / "case.yaml").write_text((Path(__file__).parent / "scenarios" / "classic.yaml").read_text())
     (tmp_path / "single.conf").write_text('{"cniVersion": "1.0.0", "name": "n", "type": "bridge"}')
-    (tmp_path / "untyped").write_text('{"plugins": [{"type": "bridge"}, {"capabilities": {}}]}')
-    (tmp_path / "path").write_text('{"plugins": [{"type": "/bin/sh"}]}')
+    (tmp_path / "untyped").write_text('{"name": "n", "plugins": [{"type": "bridge"}, {"capabilities": {}}]}')
+    (tmp_path / "path").write_text('{"name": "n", "plugins": [{"type": "/bin/sh"}]}')
+    (tmp_path / "unnamed").write_text('{"cniVersion": "1.0.0", "plugins": [{"type": "bridge"}]}')
+    (tmp_path / "caps").write_text('{"name": "n", "plugins": [{"type": "portmap", "capabilities": ["portMappings"]}]}')
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "ipset").write_text(
+        "*filter\n:FORWARD ACCEPT [0:0]\n# an ipset match\n-A FORWARD -m set --match-set s src -j DROP\nCOMMIT\n"
+    )
+    classic = (Path(__file__).parent / "scenarios" / "classic.yaml").read_text()
+    (tmp_path / "nopods.yaml").write_text("---\n".join(d for d in classic.split("---\n") if "kind: Node" in d))
     (tmp_path / "pol.yaml").write_text((Path(__file__).parent / "scenarios" / "policies.yaml").read_text())
     (tmp_path / "good.conflist").write_text((Path(__file__).parent / "cni" / "bridge.conflist").read_text())
     before = sorted(tmp_path.iterdir())

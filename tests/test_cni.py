@@ -299,6 +299,30 @@ def test_user_conflist_from_the_command_line(
     assert "expected served by one of ['default/pod-b'], reply from 10.96.0.100" in capsys.readouterr().out
 
 
+def test_user_conflist_plugins_and_failures_are_said_without_traceback(
+    privileged: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    typo = tmp_path / "typo.conflist"
+    typo.write_text(json.dumps({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "brdge"}]}))
+    monkeypatch.setenv("NETCONFORMANCE_CNI_PATH", f"{tmp_path}/nothing:/usr/lib/cni")
+    argv = ["run", "--backend", "netns", "--implementation", f"conflist:{typo}", "--report-dir", str(tmp_path / "r")]
+    assert main(argv) == 2  # before anything is built: no report directory either
+    err = capsys.readouterr().err
+    assert f"CNI plugin(s) brdge not found in CNI_PATH '{tmp_path}/nothing:/usr/lib/cni'" in err
+    assert "apt-get" not in err  # not a Debian plugin: a typo, or the user's own binary elsewhere
+    assert not (tmp_path / "r").exists()
+    monkeypatch.delenv("NETCONFORMANCE_CNI_PATH")
+
+    # A plugin whose ADD fails (macvlan on a master that is not there): the plugin's own words, exit 2.
+    failing = tmp_path / "failing.conflist"
+    plugin = {"type": "macvlan", "master": "nosuchlink0", "ipam": {"type": "host-local", "subnet": "{podCIDR}"}}
+    failing.write_text(json.dumps({"cniVersion": "1.0.0", "name": "n", "plugins": [plugin]}))
+    assert main(["snapshot", "--implementation", f"conflist:{failing}", "--out", str(tmp_path / "s.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("netconformance: the backend could not build the dataplane: ") and "macvlan" in err
+    assert "Traceback" not in err
+
+
 def test_user_conflist_with_placeholders(tmp_path: Path) -> None:
     path = tmp_path / "10-mynet.conflist"
     path.write_text((REPO / "tests" / "cni" / "bridge.conflist").read_text())

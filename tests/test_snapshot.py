@@ -39,6 +39,7 @@ from conformance.snapshot import (
     dump_dataplane,
     load_dataplane,
     parse_links,
+    parse_netns,
     parse_routes,
     parse_sysctls,
     split_sections,
@@ -224,6 +225,33 @@ LINKS = json.dumps(
         {"ifindex": 4, "ifname": "tunl0", "flags": [], "linkinfo": {"info_kind": "ipip"}},
     ]
 )
+
+
+RULES_JSON = json.dumps(
+    [
+        {"priority": 0, "src": "all", "table": "local"},
+        {"priority": 32766, "src": "all", "table": "main"},
+        {"priority": 32767, "src": "all", "table": "default"},
+    ]
+)
+
+
+def _sections(qdiscs: str) -> dict[str, str]:
+    empty = {name: "[]" for name in ("links", "addresses", "routes", "nsids")}
+    return {**empty, "rules": RULES_JSON, "qdiscs": qdiscs, "sysctls": "", "iptables": ""}
+
+
+def test_queueing_disciplines_that_shape_or_filter_are_refused() -> None:
+    # What the bandwidth CNI plugin leaves (measured in a namespace here): tbf on the host veth, an ingress qdisc.
+    plain = [{"kind": "noqueue", "dev": "veth1", "root": True}, {"kind": "fq_codel", "dev": "eth0", "root": True}]
+    parse_netns(_sections(json.dumps(plain)), "node-1")  # queueing only: nothing a probe would notice
+    shaped = [*plain, {"kind": "tbf", "dev": "veth1", "root": True}, {"kind": "ingress", "dev": "veth1"}]
+    with pytest.raises(
+        SnapshotError, match=r"node-1: queueing discipline\(s\) ingress on veth1, tbf on veth1: traffic"
+    ):
+        parse_netns(_sections(json.dumps(shaped)), "node-1")
+    with pytest.raises(SnapshotError, match="node-1: tc is not installed"):
+        parse_netns(_sections("null"), "node-1")
 
 
 def test_parse_links_reads_ports_and_peers() -> None:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from backends import BackendUnavailable
+from backends import BackendError, BackendUnavailable
 from backends.docker.common import (
     AGENT_COMMAND,
     OWNER_LABEL,
@@ -198,7 +198,7 @@ def _check_container(client: Any, image: str, mode: str, run_id: str) -> list[st
         api.remove_container(cid, force=True)
 
 
-class AgentError(RuntimeError):
+class AgentError(BackendError):
     """An agent failed a request, or went away; the message carries what it said."""
 
 

@@ -29,7 +29,7 @@ from backends import BackendUnavailable, env_seconds
 from backends.netns import build, records
 from backends.netns import snapshot as netns_snapshot
 from backends.netns.build import Netns
-from backends.netns.cni import CniRunner, missing_plugins, plugin_types
+from backends.netns.cni import CniRunner, missing_plugins_message, plugin_types
 from backends.netns.conntrack import ConntrackFlusher
 from backends.netns.nsutil import NetnsWorker, delete_netns
 from backends.netns.probing import Server, client_socket, open_servers, run_probes
@@ -214,13 +214,9 @@ class NetnsBackend:
 
     def _check_plugins(self, dataplane: Dataplane) -> None:
         kinds = sorted({k for ns in dataplane.namespaces for att in ns.cni for k in plugin_types(att.conflist)})
-        missing = missing_plugins(kinds)
+        missing = missing_plugins_message(kinds)
         if missing:
-            raise BackendUnavailable(
-                f"netns backend: CNI plugin(s) {', '.join(missing)} not found in CNI_PATH "
-                f"(NETCONFORMANCE_CNI_PATH, default /opt/cni/bin:/usr/lib/cni); install the Debian package "
-                "'containernetworking-plugins'"
-            )
+            raise BackendUnavailable(f"netns backend: {missing}")
 
     def cni_delete(self) -> list[str]:
         """CNI DEL for every attachment, as a runtime does when a pod goes; returns (and keeps) the errors.

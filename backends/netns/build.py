@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
+from backends import BackendError
 from backends.netns.nsutil import NetnsWorker
 from conformance.dataplane import Link, NetnsConfig
 
@@ -43,8 +44,8 @@ QUIET_SYSCTLS = (
 )
 
 
-class BuildError(RuntimeError):
-    pass
+class BuildError(BackendError):
+    """A namespace could not be built as configured (the message says which and what the kernel answered)."""
 
 
 @dataclass

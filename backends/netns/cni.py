@@ -53,6 +53,43 @@ def missing_plugins(kinds: list[str], path: str | None = None) -> list[str]:
     return [k for k in kinds if find_plugin(k, path) is None]
 
 
+# What Debian's containernetworking-plugins installs (in /usr/lib/cni): worth suggesting only for these names.
+DEBIAN_PLUGINS = frozenset(
+    [
+        "bandwidth",
+        "bridge",
+        "dhcp",
+        "dummy",
+        "firewall",
+        "host-device",
+        "host-local",
+        "ipvlan",
+        "loopback",
+        "macvlan",
+        "portmap",
+        "ptp",
+        "sbr",
+        "static",
+        "tap",
+        "tuning",
+        "vlan",
+        "vrf",
+    ]
+)
+
+
+def missing_plugins_message(kinds: list[str]) -> str | None:
+    """None when every plugin is found in CNI_PATH; else which are not, the path searched, and what to do."""
+    missing = missing_plugins(kinds)
+    if not missing:
+        return None
+    where = cni_path()
+    advice = "put them in one of those directories, or point NETCONFORMANCE_CNI_PATH at theirs"
+    if set(missing) <= DEBIAN_PLUGINS:
+        advice += " (Debian: apt-get install containernetworking-plugins)"
+    return f"CNI plugin(s) {', '.join(missing)} not found in CNI_PATH {where!r} (NETCONFORMANCE_CNI_PATH): {advice}"
+
+
 def plugin_types(conflist: str) -> list[str]:
     data = json.loads(conflist)
     types = [str(p.get("type")) for p in data.get("plugins", [])]

@@ -177,6 +177,9 @@ def _pod(scenario: Scenario, pod: Pod, options: Options) -> NetnsConfig:
     return replace(wiring.pod(scenario, pod, options), addresses=(), routes=())
 
 
+MAX_CONFLIST_BYTES = 1 << 20
+
+
 class ConflistError(ValueError):
     """A user's .conflist that cannot be used; the message names the file, the place and what was expected."""
 
@@ -189,6 +192,10 @@ def from_file(path: Path, *, name: str | None = None, proxy_first: bool = True) 
     CNI_PATH).
     """
     try:
+        if path.exists() and not path.is_file():  # a FIFO would block, /dev/zero never end
+            raise ConflistError(f"{path}: not a regular file")
+        if path.exists() and path.stat().st_size > MAX_CONFLIST_BYTES:
+            raise ConflistError(f"{path}: {path.stat().st_size} bytes: too large for a conflist")
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConflistError(f"{path}: cannot read: {e.strerror or e}") from None
@@ -202,9 +209,18 @@ def from_file(path: Path, *, name: str | None = None, proxy_first: bool = True) 
             f'{path}: not a CNI network configuration list: expected an object with a non-empty "plugins" list'
             f' (a single plugin\'s .conf has "type" at the top: put it in "plugins": [...])'
         )
+    if not isinstance(data.get("name"), str) or not data["name"]:
+        raise ConflistError(f'{path}: expected a "name" (the network\'s name, a string), as every conflist has')
+    for key in ("cniVersion",):
+        if key in data and not isinstance(data[key], str):
+            raise ConflistError(f'{path}: "{key}": expected a string such as "1.0.0"')
     for i, plugin in enumerate(data["plugins"]):
         if not isinstance(plugin, dict) or not isinstance(plugin.get("type"), str) or not plugin["type"]:
             raise ConflistError(f'{path}: plugins[{i}]: expected an object with a "type" (the plugin\'s binary name)')
+        if "capabilities" in plugin and not isinstance(plugin["capabilities"], dict):
+            raise ConflistError(
+                f'{path}: plugins[{i}].capabilities: expected an object such as {{"portMappings": true}}'
+            )
         if "/" in plugin["type"]:
             # As libcni's FindInPath: a type names a binary in CNI_PATH, never a path to one elsewhere.
             raise ConflistError(f"{path}: plugins[{i}].type {plugin['type']!r}: a plugin name, not a path (no /)")

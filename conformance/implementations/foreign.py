@@ -45,6 +45,7 @@ class ForeignRuleset:
     scenario: Scenario
     rules: Mapping[str, str] = field(default_factory=dict)  # node name -> iptables-save text
     broken: bool = False
+    files: Mapping[str, Path] = field(default_factory=dict)  # node name -> the file its rules came from
 
     def render(self, scenario: Scenario) -> Dataplane:
         if scenario != self.scenario:
@@ -77,8 +78,19 @@ def load(rules: Mapping[str, Path], scenario: Path, *, name: str | None = None) 
         name=name or f"rules:{shown}",
         description=f"iptables rules {shown} for {scenario.name}; other nodes: reference rules",
         scenario=s,
-        rules={node: read_text(path) for node, path in rules.items()},
+        rules={node: _rules_text(path) for node, path in rules.items()},
+        files=dict(rules),
     )
+
+
+def _rules_text(path: Path) -> str:
+    """An iptables-save file's text: a regular file (a FIFO would block) with at least one table in it."""
+    if path.exists() and not path.is_file():
+        raise ForeignScenarioError(f"{path}: not a regular file")
+    text = read_text(path)
+    if not any(line.startswith("*") for line in text.splitlines()):
+        raise ForeignScenarioError(f"{path}: no table (*nat, *filter, ...): not iptables-save output")
+    return text
 
 
 # A proxy's rules from the command line: `rules:SCENARIO:NODE=FILE[+NODE=FILE...]` names the implementation and is
@@ -106,6 +118,21 @@ def from_name(name: str) -> ForeignRuleset:
 def can_run(spec: str) -> bool:
     """Whether `spec` can draw its cases within a fixed scenario (see FIXED_PROBES)."""
     return spec in FIXED_PROBES
+
+
+# What each spec's probes need from the cluster, said when the cluster lacks it.
+NEEDS = {
+    "connectivity": "a pod to connect to",
+    "dnat": "a Service with a TCP or UDP port",
+    "hairpin": "a Service that selects one of its pods, at a TCP or UDP port",
+}
+
+
+def nothing_to_probe(spec: str, scenario: Scenario) -> str | None:
+    """Why `spec` can draw no probe within `scenario` (its cluster lacks what the probes need), or None."""
+    if not FIXED_PROBES[spec](scenario).is_empty:
+        return None
+    return f"{spec} needs {NEEDS[spec]}, and scenario {scenario.name!r} has none"
 
 
 def on_fixed_scenario(spec: Spec, scenario: Scenario) -> Spec:
@@ -169,3 +196,8 @@ def fixed_scenario(implementation: object) -> Scenario | None:
 def fixed_comparison_cases(scenario: Scenario) -> st.SearchStrategy[Case]:
     """What `compare` draws within a fixed scenario: probes of every kind, as its own cases have."""
     return cases_of(st.just(scenario), lambda s: strategies.probes(s), max_probes=6)
+
+
+def nothing_to_compare(scenario: Scenario) -> bool:
+    """Whether `scenario` offers `compare` no probe of any kind (no pod, Service or NodePort)."""
+    return bool(strategies.probes(scenario).is_empty)

@@ -1,0 +1,94 @@
+"""The runner against a sampling backend: a timeout is confirmed on more than one connection, and a replay takes
+several samples, because a real kernel takes one load-balancing branch per connection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+from backends.sim import SimBackend
+from conformance.cases import Case
+from conformance.dataplane import Dataplane
+from conformance.implementations import get_implementation
+from conformance.probes import Observation, Outcome, Probe
+from conformance.runner import CONFIRM_ATTEMPTS, CONFIRMING_TIMEOUT, confirm_timeouts, replay_sampled
+from conformance.specs import get_spec
+from conformance.strategies import classic_scenario
+
+HAIRPIN = Probe("pod:default/pod-b", IPv4Address("10.96.0.100"), 80, "TCP")
+SERVED = Outcome(
+    "delivered",
+    served_by="default/pod-b",
+    served_port=8080,
+    server_saw=IPv4Address("10.244.1.1"),
+    client_saw=IPv4Address("10.96.0.100"),
+)
+DROPPED = Outcome("dropped", reason="no answer")
+
+
+@dataclass
+class Scripted:
+    """A sampling backend whose answers to each observe() call are scripted, one outcome per call."""
+
+    answers: list[Outcome]
+    name: str = "scripted"
+    exact: bool = False
+    probe_timeout: float = 0.05
+    timeouts: list[float] = field(default_factory=list)  # the timeout each observe() ran with
+
+    def preflight(self) -> None:
+        pass
+
+    def deploy(self, dataplane: Dataplane) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+    def teardown(self) -> None:
+        pass
+
+    def observe(self, probes: Sequence[Probe]) -> list[Observation]:
+        self.timeouts.append(self.probe_timeout)
+        outcome = self.answers.pop(0) if self.answers else SERVED
+        return [Observation(p, ((outcome, 1.0),), exact=False) for p in probes]
+
+
+def _screened() -> list[Observation]:
+    return [Observation(HAIRPIN, ((DROPPED, 1.0),), exact=False)]
+
+
+def test_a_timeout_on_any_attempt_is_the_drop_confirmed() -> None:
+    # The second connection took another branch and was served; the third timed out again: a drop, not slowness.
+    backend = Scripted([SERVED, DROPPED])
+    observations = _screened()
+    confirm_timeouts(backend, [HAIRPIN], observations, [0])
+    assert observations[0].outcomes[0][0].verdict == "dropped"
+    assert backend.timeouts == [CONFIRMING_TIMEOUT, CONFIRMING_TIMEOUT]  # asked with the long wait, stopped at it
+    assert backend.probe_timeout == 0.05  # the screening timeout is back
+
+
+def test_answered_every_time_is_a_slow_answer() -> None:
+    backend = Scripted([])
+    observations = _screened()
+    confirm_timeouts(backend, [HAIRPIN], observations, [0])
+    assert observations[0].outcomes[0][0] == SERVED
+    assert len(backend.timeouts) == CONFIRM_ATTEMPTS
+
+
+def test_replay_samples_a_sampling_backend_until_the_violation() -> None:
+    case = Case(classic_scenario(), (HAIRPIN,))
+    backend = Scripted([SERVED, SERVED, DROPPED, DROPPED])  # the third sample hits the branch that drops
+    done = replay_sampled(get_spec("hairpin"), case, backend, get_implementation("reference"))
+    assert done.samples == 3 and done.violations
+    assert done.observations[0].outcomes[0][0].verdict == "dropped"
+
+    held = replay_sampled(get_spec("hairpin"), case, Scripted([]), get_implementation("reference"), samples=5)
+    assert held.samples == 5 and held.violations == []
+
+
+def test_replay_observes_an_exact_backend_once() -> None:
+    case = Case(classic_scenario(), (HAIRPIN,))
+    done = replay_sampled(get_spec("hairpin"), case, SimBackend(), get_implementation("hairpin-mode-off"))
+    assert done.samples == 1 and done.violations
