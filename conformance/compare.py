@@ -25,6 +25,7 @@ from conformance.implementations import Implementation
 from conformance.probes import Observation, Outcome, Probe
 from conformance.runner import SCREENING_TIMEOUT, confirm_timeouts, timed_out, traced
 from conformance.specs.common import cases_of
+from conformance.termination import checkpoint
 
 
 @dataclass
@@ -146,6 +147,7 @@ def run_compare(
 
     def prop(case: Case) -> None:
         nonlocal count
+        checkpoint()  # a termination signal whose exception was lost stops the run here
         count += 1
         diffs = find_disagreements(case, predictor, backend, implementation)
         if on_example is not None:

@@ -22,6 +22,7 @@ from conformance.implementations import Implementation
 from conformance.model import Scenario
 from conformance.probes import Observation, Probe
 from conformance.specs import Spec
+from conformance.termination import checkpoint
 
 # How long a real backend waits before calling a probe dropped: short while
 # screening, long before a timeout is allowed to count as a violation.
@@ -122,6 +123,7 @@ def deploy_case(backend: Backend, implementation: Implementation, scenario: Scen
 def check_case(
     spec: Spec, case: Case, backend: Backend, implementation: Implementation
 ) -> tuple[list[Observation], list[str]]:
+    checkpoint()  # a termination signal whose exception was lost stops the run here
     deploy_case(backend, implementation, case.scenario)
     backend.reset()
     observations = backend.observe(case.probes)

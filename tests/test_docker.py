@@ -293,7 +293,10 @@ def test_sigterm_mid_run_tears_down(available: None, tmp_path: Path) -> None:
     before = {c.labels.get(common.RUN_LABEL) for c in client.containers.list(all=True, filters=flt)}
 
     def started() -> str | None:
-        new = {c.labels[common.RUN_LABEL] for c in client.containers.list(filters=flt)} - before
+        # A node or the underlay, not the preflight's trial container: the run is building its dataplane.
+        running = client.containers.list(filters=flt)
+        new = {c.labels[common.RUN_LABEL] for c in running if c.labels.get(common.ROLE_LABEL) != "preflight"}
+        new -= before
         return next(iter(new)) if len(new) == 1 else None
 
     argv = [
@@ -311,7 +314,7 @@ def test_sigterm_mid_run_tears_down(available: None, tmp_path: Path) -> None:
     assert done.returncode == 128 + signal.SIGTERM, done.output
     assert "netconformance: terminated by SIGTERM; tearing down what this run built" in done.output
     assert "Traceback" not in done.output
-    assert _ours(client, done.run_id) == []
+    assert _ours(client, done.run_id) == [], done.output
 
 
 def test_cleanup_leaves_live_runs_alone(backend: DockerBackend) -> None:

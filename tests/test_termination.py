@@ -59,3 +59,55 @@ def test_an_ignored_signal_stays_ignored() -> None:
         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
     )
     assert (done.returncode, done.stdout) == (0, "still here\n"), done.stderr
+
+
+DEFERRED = """
+import os, signal, time
+from conformance.termination import Terminated, deferred, unwind_on_termination
+unwind_on_termination()
+for sig in (signal.SIGTERM, signal.SIGINT):
+    try:
+        with deferred():
+            with deferred():
+                os.kill(os.getpid(), sig)
+                time.sleep(0.1)
+                print("created and recorded", flush=True)
+            print("still inside", flush=True)
+        print("not raised", flush=True)
+    except KeyboardInterrupt as e:
+        print(type(e).__name__, flush=True)
+"""
+
+
+def test_deferred_holds_signals_until_what_it_creates_is_recorded() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", DEFERRED], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    held = ["created and recorded", "still inside"]  # the block ran to its end, then the signal was raised
+    assert lines == [*held, "Terminated", *held, "KeyboardInterrupt"]
+
+
+LOST = """
+import os, signal, time
+from conformance.termination import Terminated, checkpoint, unwind_on_termination
+unwind_on_termination()
+checkpoint()  # nothing asked this process to end: no-op
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)
+except BaseException:
+    print("swallowed", flush=True)  # as a finaliser or a broad except would
+try:
+    checkpoint()
+except Terminated as e:
+    print(e, flush=True)
+"""
+
+
+def test_checkpoint_raises_a_termination_whose_exception_was_lost() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", LOST], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.splitlines() == ["swallowed", "terminated by SIGTERM"], done.stderr

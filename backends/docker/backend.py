@@ -28,6 +28,7 @@ from backends.docker.placement import UNDERLAY_CONTAINER, Plan, place
 from backends.docker.wire import decode_outcome, encode_part, encode_probe
 from conformance.dataplane import Dataplane, NetnsConfig
 from conformance.probes import Observation, Probe
+from conformance.termination import deferred
 
 if TYPE_CHECKING:
     from conformance.snapshot import NamespaceRead
@@ -176,9 +177,10 @@ class DockerBackend:
                 list(pool.map(lambda c: daemon.remove_container(self.client, c.id), containers))
             for c in containers:
                 c.channel.close()
-        if self.network is not None:
-            daemon.remove_network(self.client, self.network)
-            self.network = None
+        # Then everything else labelled with this run, the network last: an interrupt (SIGTERM) during
+        # _ensure_containers can leave containers started but never recorded, still attached to the network.
+        daemon.cleanup(self.client, self.run_id)
+        self.network = None
 
     # -- inspection ----------------------------------------------------------------
 
@@ -295,6 +297,11 @@ class DockerBackend:
         if not self._atexit:
             atexit.register(self.teardown)
             self._atexit = True
+        with deferred():  # an interrupt waits until what is being created is recorded, for teardown
+            self._create_containers(missing)
+
+    def _create_containers(self, missing: list[str]) -> None:
+        assert self.privilege is not None and self.image is not None
         if self.network is None:
             self.network = daemon.create_network(self.client, f"nc-{self.run_id}-wire", self.run_id)
         privilege, image_name, network = self.privilege, self.image, self.network

@@ -28,6 +28,7 @@ from backends.docker.common import (
     owner_label,
 )
 from backends.docker.wire import Json
+from conformance.termination import deferred
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 PING_TIMEOUT = 5.0
@@ -182,6 +183,12 @@ def _api_error(e: BaseException) -> str:
 
 
 def _check_container(client: Any, image: str, mode: str, run_id: str) -> list[str]:
+    # An interrupt waits until the trial container is gone again (see conformance.termination.deferred).
+    with deferred():
+        return _run_check_container(client, image, mode, run_id)
+
+
+def _run_check_container(client: Any, image: str, mode: str, run_id: str) -> list[str]:
     api = client.api
     labels = {**base_labels(run_id, "preflight"), PRIVILEGE_LABEL: mode}
     hc = host_config(client, mode, network="none", auto_remove=False)
