@@ -511,7 +511,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     from backends.netns.snapshot import snapshot_deployment, snapshot_run
 
     out = Path(args.out)
-    if not args.out or out.is_dir() or not out.parent.is_dir():
+    if not args.out or (out.exists() and not out.is_file()) or not out.parent.is_dir():
         _fail(f"--out {args.out}: expected a file path in an existing directory")
     if args.run is not None:
         if args.scenario is not None or args.implementation != REFERENCE:

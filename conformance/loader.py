@@ -982,6 +982,8 @@ def parse_documents(documents: Sequence[object], *, source: str, handled: Sequen
 
 def read_text(path: str | Path) -> str:
     """A YAML input file's text (scenario, case, corpus entry); errors are `ScenarioError` naming the file."""
+    if Path(path).exists() and not Path(path).is_file():  # a FIFO would block, /dev/zero never end
+        raise ScenarioError(f"{path}: not a regular file")
     try:
         return Path(path).read_text(encoding="utf-8")
     except OSError as e:

@@ -121,6 +121,9 @@ NEEDS_NETNS = pytest.mark.skipif(_WHY_NOT_NETNS is not None, reason=f"netns: {_W
         (["run", "--implementation", "conflist:caps"], "caps: plugins[0].capabilities: expected an object"),
         (["run", "--implementation", "conflist:fifo"], "conflist:fifo: fifo: not a regular file"),  # would block
         (["run", "--implementation", "conflist:/dev/zero"], "/dev/zero: not a regular file"),  # would never end
+        (["replay", "/dev/zero", "--spec", "hairpin"], "/dev/zero: not a regular file"),
+        (["replay", "fifo", "--spec", "hairpin"], "fifo: not a regular file"),
+        (["snapshot", "--out", "fifo"], "--out fifo: expected a file path in an existing directory"),
         pytest.param(
             ["compare", "--backends", "sim,netns", "--implementation", "conflist:good.conflist"],
             "which backend sim does not: predict it from the live nodes with --backends sim-snapshot,netns",

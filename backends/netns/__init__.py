@@ -198,14 +198,22 @@ class NetnsBackend:
             server.drain()
 
     def teardown(self) -> None:
-        self.cni_delete()
-        self._destroy()
-        if self._record is not None:
-            records.undo(self._record, self._state_dir)
-            self._record = None
-        if self._worker is not None:
-            self._worker.close()
-            self._worker = None
+        try:
+            try:
+                self.cni_delete()
+            except RuntimeError as e:
+                # Run from atexit after an interrupt, the worker's executor is already shut down ("cannot schedule
+                # new futures after shutdown"): DEL cannot run, but the namespaces must still go.
+                self.cni_errors.append(f"CNI DEL not run: {e}")
+            self._destroy()
+        finally:
+            # The record names everything this run made: undoing it removes what _destroy could not.
+            if self._record is not None:
+                records.undo(self._record, self._state_dir)
+                self._record = None
+            if self._worker is not None:
+                self._worker.close()
+                self._worker = None
         # The runner is bound to that worker and run directory: a reused
         # backend starts a new one.
         self._cni = None
