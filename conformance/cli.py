@@ -34,9 +34,9 @@ from conformance.implementations import (
     REFERENCE,
     RULES,
     ConflistError,
+    Implementation,
     broken_implementations,
     get_implementation,
-    runs_cni_plugins,
 )
 from conformance.implementations.cniplugins import CniPlugins
 from conformance.implementations.foreign import (
@@ -112,46 +112,48 @@ def _specs(names: Sequence[str] | None) -> list[str]:
     return chosen
 
 
-def _implementation(names: str) -> list[str]:
-    """One or more comma-separated implementation names, checked (a conflist:PATH is read and checked too)."""
+def _implementations(names: str) -> list[Implementation]:
+    """One or more comma-separated implementations, checked and built once (a conflist:PATH or rules:... name
+    reads its files here, so every later check and the run itself share what was read)."""
     known = [*IMPLEMENTATIONS, *CNI_PLUGIN_IMPLEMENTATIONS]
     chosen = name_list(names, "--implementation")
+    out: list[Implementation] = []
     for name in chosen:
-        if name.startswith(CONFLIST):
-            if not name[len(CONFLIST) :]:
-                _fail(f"--implementation {name}: give the path of a .conflist after {CONFLIST}")
-            try:
-                get_implementation(name)
-            except ConflistError as e:
-                _fail(f"--implementation {name}: {e}")
-        elif name.startswith(RULES):
-            try:
-                get_implementation(name)
-            except ScenarioError as e:  # the scenario file's own errors, and ForeignScenarioError
-                _fail(f"--implementation {name}: {e}")
-        elif name not in known:
+        if name.startswith(CONFLIST) and not name[len(CONFLIST) :]:
+            _fail(f"--implementation {name}: give the path of a .conflist after {CONFLIST}")
+        if not name.startswith((CONFLIST, RULES)) and name not in known:
             _fail(
                 f"--implementation {name}: unknown (known: {', '.join(known)};"
                 f" or {CONFLIST}PATH for your own CNI plugins, {RULES_FORM} for your proxy's rules)"
             )
-    if not chosen:
+        try:
+            out.append(get_implementation(name))
+        except (ConflistError, ScenarioError) as e:  # ScenarioError: the scenario's own, and ForeignScenarioError
+            _fail(f"--implementation {name}: {e}")
+    if not out:
         _fail("--implementation: give at least one implementation name")
-    return chosen
+    return out
+
+
+def _one_implementation(names: str) -> Implementation:
+    implementations = _implementations(names)
+    _one([i.name for i in implementations], "--implementation")
+    return implementations[0]
 
 
 def _check_pairs(
     backends: Sequence[Backend],
-    implementations: Sequence[str],
+    implementations: Sequence[Implementation],
     *,
     hint: str = "use --backend netns, docker or sim-snapshot",
 ) -> None:
     """Implementations wired by real CNI plugins cannot run on the plain simulator (it runs no plugin binaries)."""
-    for name in implementations:
-        if runs_cni_plugins(name) and any(b.name == "sim" for b in backends):
-            _fail(f"--implementation {name} runs real CNI plugin binaries, which backend sim does not: {hint}")
+    for impl in implementations:
+        if isinstance(impl, CniPlugins) and any(b.name == "sim" for b in backends):
+            _fail(f"--implementation {impl.name} runs real CNI plugin binaries, which backend sim does not: {hint}")
 
 
-def _check_plugins_present(backends: Sequence[Backend], implementations: Sequence[str]) -> None:
+def _check_plugins_present(backends: Sequence[Backend], implementations: Sequence[Implementation]) -> None:
     """A user's conflist on this machine's kernel: its plugins must be in CNI_PATH, said before anything is built.
 
     (A docker node has its own plugins, in the image: its agent says so at deploy.)"""
@@ -159,24 +161,21 @@ def _check_plugins_present(backends: Sequence[Backend], implementations: Sequenc
         return
     from backends.netns.cni import missing_plugins_message, plugin_types
 
-    for name in implementations:
-        if name.startswith(CONFLIST):
-            impl = get_implementation(name)
-            assert isinstance(impl, CniPlugins)
+    for impl in implementations:
+        if isinstance(impl, CniPlugins) and impl.name.startswith(CONFLIST):
             missing = missing_plugins_message(plugin_types(impl.conflist))
             if missing:
-                _fail(f"--implementation {name}: {missing}")
+                _fail(f"--implementation {impl.name}: {missing}")
 
 
-def _check_rules_on_simulator(backends: Sequence[Backend], implementations: Sequence[str]) -> None:
+def _check_rules_on_simulator(backends: Sequence[Backend], implementations: Sequence[Implementation]) -> None:
     """A proxy's rules bound for the simulator: parsed and checked now, errors naming the file and line (as trace).
 
     Only then: a real kernel may take what the simulator does not model (an ipset match, say), and says so itself.
     """
     if not any(b.name == "sim" for b in backends):
         return
-    for name in implementations:
-        impl = get_implementation(name)
+    for impl in implementations:
         if isinstance(impl, ForeignRuleset):
             for node, path in impl.files.items():
                 compiled_tables(parse_iptables_save(impl.rules[node], source=str(path)))
@@ -192,12 +191,12 @@ def _run_dir(report_dir: str) -> Path:
         _fail(f"--report-dir {report_dir}: cannot create {e.filename or report_dir}: {e.strerror or e}")
 
 
-def _fixed_scenario_specs(specs: Sequence[str], implementations: Sequence[str], *, chosen: bool) -> None:
+def _fixed_scenario_specs(specs: Sequence[str], implementations: Sequence[Implementation], *, chosen: bool) -> None:
     """A proxy's rules realise one cluster: specs that build their own clusters cannot judge them, nor can specs
     whose probes that cluster cannot provide. Named with --spec, such a pair is refused; otherwise it is left out
     (`_judges`) and said here."""
-    for name in implementations:
-        scenario = fixed_scenario(get_implementation(name))
+    for impl in implementations:
+        scenario, name = fixed_scenario(impl), impl.name
         if scenario is None:
             continue
         cannot = [s for s in specs if not can_run(s)]
@@ -222,12 +221,15 @@ def _judges(spec: str, scenario: Scenario | None) -> bool:
 
 
 def _run_matrix(
-    specs: Sequence[str], backends: Sequence[Backend], implementations: Sequence[str], examples: int, seed: int | None
+    specs: Sequence[str],
+    backends: Sequence[Backend],
+    implementations: Sequence[Implementation],
+    examples: int,
+    seed: int | None,
 ) -> list[SpecResult]:
     results: list[SpecResult] = []
     for backend in backends:
-        for impl_name in implementations:
-            impl = get_implementation(impl_name)
+        for impl in implementations:
             scenario = fixed_scenario(impl)
             for spec_name in specs:
                 spec = get_spec(spec_name)
@@ -235,7 +237,7 @@ def _run_matrix(
                     continue  # said up front (_fixed_scenario_specs)
                 if scenario is not None:
                     spec = on_fixed_scenario(spec, scenario)
-                progress = Progress(f"{spec_name} / {impl_name} / {backend.name}", examples)
+                progress = Progress(f"{spec_name} / {impl.name} / {backend.name}", examples)
                 r = run_spec(spec, backend, impl, examples=examples, seed=seed, on_example=progress.step)
                 progress.finish(r.status)
                 results.append(r)
@@ -245,13 +247,13 @@ def _run_matrix(
 def cmd_run(args: argparse.Namespace) -> int:
     backends = _backends(args.backend)
     specs = _specs(args.spec)
-    implementations = _implementation(args.implementation)
+    implementations = _implementations(args.implementation)
     _check_pairs(backends, implementations)
     _check_plugins_present(backends, implementations)
     _check_rules_on_simulator(backends, implementations)
     _fixed_scenario_specs(specs, implementations, chosen=bool(args.spec))
-    if not any(_judges(s, fixed_scenario(get_implementation(i))) for s in specs for i in implementations):
-        _fail(f"--implementation {','.join(implementations)}: no spec can judge it (see above)")
+    if not any(_judges(s, fixed_scenario(i)) for s in specs for i in implementations):
+        _fail(f"--implementation {','.join(i.name for i in implementations)}: no spec can judge it (see above)")
     run_dir = _run_dir(args.report_dir)
     meta = RunMeta.begin(args.argv, seed=args.seed, examples=args.examples)
     results = _run_matrix(specs, backends, implementations, args.examples, args.seed)
@@ -282,7 +284,7 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     names = [REFERENCE, *(i.name for i in broken_implementations(cni_plugins=cni))]
     run_dir = _run_dir(args.report_dir)
     meta = RunMeta.begin(args.argv, seed=args.seed, examples=args.examples)
-    results = _run_matrix(specs, backends, names, args.examples, args.seed)
+    results = _run_matrix(specs, backends, [get_implementation(n) for n in names], args.examples, args.seed)
     report = write_run(run_dir, results=results, meta=meta)
     errors = [r for r in results if r.error]
     for r in errors:
@@ -331,14 +333,14 @@ def cmd_mutants(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     spec = get_spec(_one(_specs([args.spec]), "--spec"))
-    impl = _one(_implementation(args.implementation), "--implementation")
+    impl = _one_implementation(args.implementation)
     (backend,) = _backends(_one(name_list(args.backend, "--backend"), "--backend"))
     _check_pairs([backend], [impl])
     _check_plugins_present([backend], [impl])
     _check_rules_on_simulator([backend], [impl])
     _fixed_scenario_specs([spec.name], [impl], chosen=True)
     case = load_case(args.case)
-    done = replay_sampled(spec, case, backend, get_implementation(impl))
+    done = replay_sampled(spec, case, backend, impl)
     for obs in done.observations:
         print(obs.describe())
     # A sampling backend takes one load-balancing branch per connection: say how many samples were taken.
@@ -349,7 +351,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             print(f"  - {v}")
         return 1
     held = "" if backend.exact else f" in all {done.samples} samples"
-    print(f"\nspec {spec.name} holds for this case on {backend.name} with {impl}{held}")
+    print(f"\nspec {spec.name} holds for this case on {backend.name} with {impl.name}{held}")
     return 0
 
 
@@ -399,15 +401,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     real = [b for b in backends if not b.exact]
     if len(exact) != 1 or not real:
         _fail("--backends: name one exact backend (sim) and at least one real backend, e.g. sim,netns")
-    names = _implementation(args.implementation)
-    _check_pairs(exact, names, hint="predict it from the live nodes with --backends sim-snapshot,netns")
-    _check_plugins_present(backends, names)
-    _check_rules_on_simulator(backends, names)
-    for name in names:
-        scenario = fixed_scenario(get_implementation(name))
+    implementations = _implementations(args.implementation)
+    _check_pairs(exact, implementations, hint="predict it from the live nodes with --backends sim-snapshot,netns")
+    _check_plugins_present(backends, implementations)
+    _check_rules_on_simulator(backends, implementations)
+    for impl in implementations:
+        scenario = fixed_scenario(impl)
         if scenario is not None and nothing_to_compare(scenario):
-            _fail(f"--implementation {name}: scenario {scenario.name!r} has no pod, Service or NodePort to probe")
-    implementations = [get_implementation(n) for n in names]
+            _fail(f"--implementation {impl.name}: scenario {scenario.name!r} has no pod, Service or NodePort to probe")
     predictor = exact[0]
     if predictor.name == "sim-snapshot":
         # Predict from the very namespaces the real backend built.
@@ -520,14 +521,13 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     else:
         if args.scenario == "":
             _fail("--scenario: give a scenario file (or leave the option out for the classic scenario)")
-        name = _one(_implementation(args.implementation), "--implementation")
-        impl = get_implementation(name)
+        impl = _one_implementation(args.implementation)
         # A proxy's rules realise their own cluster: that is the default scenario, and the only one they render.
         fixed = fixed_scenario(impl)
         scenario = load_scenario(args.scenario) if args.scenario is not None else fixed or classic_scenario()
         if fixed is not None and scenario != fixed:
-            _fail(f"--scenario {args.scenario}: {name} realises the cluster its rules were made for, not this one")
-        _check_plugins_present(_backends("netns"), [name])  # privileges, tools and plugins first
+            _fail(f"--scenario {args.scenario}: {impl.name} realises the cluster its rules were made for, not this one")
+        _check_plugins_present(_backends("netns"), [impl])  # privileges, tools and plugins first
         dataplane = snapshot_deployment(impl.render(scenario))
     try:
         out.write_text(dump_dataplane(dataplane), encoding="utf-8")

@@ -61,11 +61,6 @@ def get_implementation(name: str) -> Implementation:
     return found
 
 
-def runs_cni_plugins(name: str) -> bool:
-    """Whether the implementation wires pods with CNI plugin binaries (which only a real kernel runs)."""
-    return name in CNI_PLUGIN_IMPLEMENTATIONS or name.startswith(CONFLIST)
-
-
 def broken_implementations(*, cni_plugins: bool = False) -> tuple[Implementation, ...]:
     """The broken variations; with `cni_plugins`, also those running real CNI plugins (netns, sim-snapshot)."""
     extra = CNI_PLUGIN_IMPLEMENTATIONS.values() if cni_plugins else ()
@@ -82,5 +77,4 @@ __all__ = [
     "Implementation",
     "broken_implementations",
     "get_implementation",
-    "runs_cni_plugins",
 ]
