@@ -265,10 +265,9 @@ def run_spec(
 def replay(
     spec: Spec, case: Case, backend: Backend, implementation: Implementation
 ) -> tuple[list[Observation], list[str]]:
-    try:
-        return check_case(spec, case, backend, implementation)
-    finally:
-        backend.teardown()
+    """One observation of a case, then teardown (the corpus keeps only cases whose verdict no sample changes)."""
+    done = replay_sampled(spec, case, backend, implementation, samples=1)
+    return done.observations, done.violations
 
 
 @dataclass
