@@ -22,6 +22,7 @@ import pytest
 from backends import Backend, BackendUnavailable
 from backends.sim import SimBackend
 from conformance.dataplane import Dataplane
+from conformance.implementations import get_implementation
 from conformance.model import Scenario
 from conformance.probes import Observation, Outcome, Probe
 from conformance.pytest_plugin import required_backends, selected_backends
@@ -77,6 +78,16 @@ CLASSIC_PROBES = [
     Probe("external", NODE, 30080, "UDP"),
     Probe(POD_A, SVC, 81, "TCP"),  # a port the Service lacks
 ]
+
+
+def with_server_rules(rules: str) -> Dataplane:
+    """The classic dataplane, pod-b's namespace given a filter table."""
+    dataplane = get_implementation("reference").render(classic_scenario())
+    table = f"*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{rules}COMMIT\n"
+    namespaces = tuple(
+        dataclasses.replace(ns, iptables=table) if ns.name == "pod-default-pod-b" else ns for ns in dataplane.namespaces
+    )
+    return dataclasses.replace(dataplane, namespaces=namespaces)
 
 
 def simulated(dataplane: Dataplane, probes: Sequence[Probe]) -> list[Observation]:

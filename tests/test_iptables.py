@@ -399,6 +399,7 @@ def test_missing_commit_and_structure_errors() -> None:
         ("-m conntrack --ctexpire 10 -j ACCEPT", "'--ctexpire'"),
         ("-m statistic --mode random --probability 1.5 -j ACCEPT", "probability"),
         ("-m statistic --mode nth --every 2 --packet 2 -j ACCEPT", "--packet"),
+        ("-m statistic --mode nth --every 2 -j ACCEPT", 'also requires "--packet"'),
         ("-m recent --set --rcheck -j ACCEPT", "exactly one"),
         ("-m recent --rcheck --hitcount 21 -j ACCEPT", "21"),
         ("-m recent --set --seconds 5 -j ACCEPT", "--seconds"),

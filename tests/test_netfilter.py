@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -392,9 +393,12 @@ class Replay:
         return answer
 
 
-def enumerate_branches(run_one: Callable[[Chooser], str]) -> dict[str, float]:
+T = TypeVar("T")
+
+
+def enumerate_branches(run_one: Callable[[Chooser], T]) -> dict[T, float]:
     """Every outcome of all random draws, with its exact probability."""
-    out: dict[str, float] = {}
+    out: dict[T, float] = {}
     pending: list[list[bool]] = [[]]
     while pending:
         prefix = pending.pop()
@@ -445,15 +449,49 @@ def test_statistic_nth_counts_per_rule_and_per_namespace() -> None:
         "-A INPUT -p udp -m statistic --mode nth --every 3 --packet 0 -j DROP\n"
         "-A INPUT -m statistic --mode nth --every 2 --packet 1 -j REJECT\n"
     )
+    # A chooser that always says yes places each counter as the load left it:
+    # the first match is on packet number --packet, counted from 0.
     st = NetfilterState()
     tcp = [run(rs, pkt(), state=st).verdict for _ in range(4)]
-    # counter starts at --packet and fires when it wraps to 0
-    assert tcp == ["REJECT", "ACCEPT", "REJECT", "ACCEPT"]
-    udp = [run(rs, pkt(proto="udp"), state=st).verdict for _ in range(3)]
-    assert udp[2] == "DROP" and udp[:2] != ["DROP", "DROP"]
-    # the udp rule did not count the tcp packets (it did not get that far)
+    assert tcp == ["ACCEPT", "REJECT", "ACCEPT", "REJECT"]
+    # the udp rule did not count the tcp packets (they failed its -p first);
+    # the DROPped udp packet never reached the second rule
+    udp = [run(rs, pkt(proto="udp"), state=st).verdict for _ in range(4)]
+    assert udp == ["DROP", "ACCEPT", "REJECT", "DROP"]
     other = NetfilterState()
-    assert run(rs, pkt(), state=other).verdict == "REJECT"
+    assert run(rs, pkt(), state=other).verdict == "ACCEPT"
+
+
+def test_statistic_nth_phase_is_drawn_once_per_path_then_counted() -> None:
+    rs = filter_rules("-A INPUT -m statistic --mode nth --every 2 --packet 0 -j DROP\n")
+
+    def two_packets(chooser: Chooser) -> tuple[str, str]:
+        st = NetfilterState()
+        first = run(rs, pkt(), state=st, chooser=chooser).verdict
+        return first, run(rs, pkt(), state=st, chooser=chooser).verdict
+
+    # a probe cannot know where the shared counter stands, so both places are
+    # possible, but within one path the second packet follows the first
+    assert enumerate_branches(two_packets) == {("DROP", "ACCEPT"): 0.5, ("ACCEPT", "DROP"): 0.5}
+
+
+def test_statistic_nth_round_robin_reaches_every_endpoint_equally() -> None:
+    rs = parse_iptables_save(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n"
+        "-A PREROUTING -m statistic --mode nth --every 3 --packet 0 -j DNAT --to-destination 10.1.0.1\n"
+        "-A PREROUTING -m statistic --mode nth --every 2 --packet 0 -j DNAT --to-destination 10.1.0.2\n"
+        "-A PREROUTING -j DNAT --to-destination 10.1.0.3\n"
+        "COMMIT\n"
+    )
+
+    def one(chooser: Chooser) -> str:
+        d = traverse(rs, "nat", pkt(), ctx("PREROUTING", chooser=chooser))
+        assert d.nat is not None
+        return str(d.nat.ip)
+
+    got = enumerate_branches(one)
+    assert got.keys() == {"10.1.0.1", "10.1.0.2", "10.1.0.3"}
+    assert all(share == pytest.approx(1 / 3) for share in got.values())
 
 
 # -- recent ------------------------------------------------------------------

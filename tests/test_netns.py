@@ -40,6 +40,7 @@ from live import (
     sampled,
     simulated,
     terminate_once_started,
+    with_server_rules,
 )
 
 
@@ -255,6 +256,42 @@ def test_rules_swap_behaves_like_fresh_deploy(backend: NetnsBackend) -> None:
         assert backend.swaps - swaps == len(sequence)
     finally:
         fresh.teardown()
+
+
+def test_nth_counter_outlives_examples_and_the_simulator_allows_every_place(backend: NetnsBackend) -> None:
+    # Every second new connection to pod-b is reset: the kernel's counter goes
+    # on across examples (a reset flushes conntrack, not the counter).
+    dataplane = with_server_rules(
+        "-A INPUT -p tcp --dport 8080 --syn -m statistic --mode nth --every 2 --packet 0"
+        " -j REJECT --reject-with tcp-reset\n"
+    )
+    probes = [Probe(POD_A, B, 8080, "TCP")]
+    verdicts = []
+    for _ in range(4):
+        samples = sampled(backend, dataplane, probes)
+        assert_like_sim(dataplane, probes, samples, who="kernel")
+        verdicts.append(samples[0].verdict)
+    assert verdicts in (["refused", "delivered"] * 2, ["delivered", "refused"] * 2)
+    [predicted] = simulated(dataplane, probes)
+    assert {o.verdict: p for o, p in predicted.outcomes} == {"refused": 0.5, "delivered": 0.5}
+
+
+def test_reset_empties_recent_lists(backend: NetnsBackend) -> None:
+    # The second connection from a listed address is reset. Lists outlive
+    # conntrack flushes and rules swaps, so without the backend emptying them
+    # the first example would decide the second.
+    dataplane = with_server_rules(
+        "-A INPUT -p tcp --dport 8080 --syn -m recent --name seen --rcheck -j REJECT --reject-with tcp-reset\n"
+        "-A INPUT -p tcp --dport 8080 --syn -m recent --name seen --set\n"
+    )
+    probes = [Probe(POD_A, B, 8080, "TCP")]
+    first, second = sampled(backend, dataplane, probes), sampled(backend, dataplane, probes)
+    assert first[0].verdict == second[0].verdict == "delivered", (first, second)
+    assert_like_sim(dataplane, probes, second, who="kernel")
+    # ... and the list did fill: a second probe in the same example is refused
+    backend.reset()
+    assert backend.observe(probes)[0].outcomes[0][0].verdict == "delivered"
+    assert backend.observe(probes)[0].outcomes[0][0].verdict == "refused"
 
 
 def test_sctp_probe_is_refused_loudly(backend: NetnsBackend) -> None:

@@ -21,7 +21,7 @@ every sysctl it wrote gets its value from before the first write.
 
 Requests: {"op": "deploy", "part": ...} (a full build, or only the rules
 when nothing else changed), {"op": "probe", "probes": [...], "timeout": s},
-{"op": "reset"} (conntrack flush), {"op": "clear"}, {"op": "exit"}.
+{"op": "reset"} (conntrack flush, recent lists emptied), {"op": "clear"}, {"op": "exit"}.
 Answers: {"ok": true, ...} or {"ok": false, "error": "..."}.
 """
 
@@ -330,6 +330,14 @@ class Agent:
     def reset(self) -> None:
         for flusher in self.flushers:
             flusher.flush()
+        recent = [ns for ns in self._everyone().values() if build.uses_recent(ns)] if self.own is not None else []
+        if recent:
+
+            def job() -> None:
+                for ns in recent:
+                    build.forget_recent_lists(self.worker, ns)
+
+            self.worker.run(job)
 
     def clear(self) -> None:
         """Back to the container as it started: no inner namespaces, the own one emptied."""

@@ -194,6 +194,14 @@ class NetnsBackend:
     def reset(self) -> None:
         for flusher in self._flushers:
             flusher.flush()
+        worker, recent = self._worker, [ns for ns in self._namespaces.values() if build.uses_recent(ns)]
+        if worker is not None and recent:
+
+            def job() -> None:
+                for ns in recent:
+                    build.forget_recent_lists(worker, ns)
+
+            worker.run(job)
         for server in self._servers:
             server.drain()
 

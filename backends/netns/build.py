@@ -11,6 +11,7 @@ per-device values once the device exists.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 from collections.abc import Iterable
@@ -259,3 +260,32 @@ def flush_route_cache(worker: NetnsWorker, ns: Netns) -> None:
     """Forget learned route exceptions (redirects, PMTU) as a fresh namespace would."""
     with worker.inside(ns.fd):
         write_sysctl(ns, "net.ipv4.route.flush", "1")
+
+
+# The thread's own namespace: /proc/self/net would be the process's.
+RECENT_LISTS = "/proc/thread-self/net/xt_recent"
+_USES_RECENT = re.compile(r"(?:^|\s)(?:-m|--match)\s+recent(?:\s|$)", re.MULTILINE)
+
+
+def uses_recent(ns: Netns) -> bool:
+    return _USES_RECENT.search(ns.config.iptables) is not None
+
+
+def forget_recent_lists(worker: NetnsWorker, ns: Netns) -> None:
+    """Empty the namespace's `-m recent` lists, as a fresh namespace has them.
+
+    The kernel keeps a list while any rule names it: a conntrack flush and a
+    rules swap that keeps the name both leave its addresses in (measured), so
+    one example's probes would decide the next example's.
+    """
+    with worker.inside(ns.fd):
+        try:
+            names = os.listdir(RECENT_LISTS)
+        except FileNotFoundError:
+            return  # xt_recent is not loaded: no lists anywhere
+        for name in names:
+            fd = os.open(f"{RECENT_LISTS}/{name}", os.O_WRONLY)
+            try:
+                os.write(fd, b"/\n")  # "/" empties the list
+            finally:
+                os.close(fd)

@@ -944,8 +944,11 @@ def _finish_statistic(ext: _Ext) -> StatisticMatch:
     if mode == "nth":
         if not ext.has("every") or ext.has("probability"):
             raise _Refused("--mode nth takes --every (and not --probability)")
+        if not ext.has("packet"):
+            # as iptables-restore 1.8.9 refuses it (measured)
+            raise _Refused('option "--every" also requires "--packet"')
         every = _num(ext.value("every"), "--every", 1)
-        packet = _num(ext.value("packet"), "--packet") if ext.has("packet") else 0
+        packet = _num(ext.value("packet"), "--packet")
         if packet > every - 1:
             raise _Refused("--packet must be between 0 and --every - 1")
         return StatisticMatch("nth", every=every, packet=packet, invert=ext.inverted("every"))

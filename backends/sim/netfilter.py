@@ -59,7 +59,8 @@ RECENT_LIST_TOT = 100
 
 class Chooser(Protocol):
     def choose(self, probability: float, where: str) -> bool:
-        """Decide one `-m statistic --mode random` draw; `where` names the rule."""
+        """Decide one draw: a `-m statistic --mode random` match, or one step in
+        placing an nth counter (see `_nth_phase`); `where` names the rule."""
         ...
 
 
@@ -67,7 +68,8 @@ class Chooser(Protocol):
 class NetfilterState:
     """Per network namespace state that survives between packets."""
 
-    # nth counters, per (rule, index of the statistic match in the rule)
+    # nth counters, per (rule, index of the statistic match in the rule): the
+    # kernel's counter value; absent until a path reaches the rule
     nth: dict[tuple[Rule, int], int] = field(default_factory=dict)
     # recent lists: name -> masked address -> timestamps (oldest first).
     # Dict order is the kernel's LRU order: least recently updated first.
@@ -331,17 +333,39 @@ def _compile_statistic(m: StatisticMatch, rule: Rule, index: int) -> Pred:
         where = f"{rule.table}:{rule.line}: {rule.text}"
         return lambda p, c: c.chooser.choose(prob, where) != inv
     key = (rule, index)
-    last, start = m.every - 1, m.packet
+    every = m.every
+    last = every - 1
+    # The kernel's counter counts up to every-1 and wraps to 0, where the match
+    # fires; loading the rule sets it to every-1-packet, so the first match is
+    # on packet number --packet (measured: --every 3 --packet 0 drops packets
+    # 1, 4, 7 after the load; --packet 2 drops 3 and 6).
+    loaded = last - m.packet
+    where = f"{rule.table}:{rule.line}: {rule.text} (nth counter phase)"
 
     def nth(p: Packet, c: HookContext) -> bool:
-        # the kernel keeps a counter from --packet, wrapping after every-1;
-        # the match fires when it wraps to 0
-        count = c.state.nth.get(key, start)
+        count = c.state.nth.get(key)
+        if count is None:
+            count = _nth_phase(c.chooser, every, loaded, where)
         count = 0 if count == last else count + 1
         c.state.nth[key] = count
         return (count == 0) != inv
 
     return nth
+
+
+def _nth_phase(chooser: Chooser, every: int, loaded: int, where: str) -> int:
+    """Where a counter stands when a path first reaches its rule.
+
+    The counter is shared by every packet through the rule since it was
+    loaded (a conntrack flush keeps it), and probes on a real backend run
+    concurrently, so a probe cannot know its place in the cycle: each of the
+    `every` places is drawn with equal weight, the one right after a load
+    first (so a chooser that always says yes sees a freshly loaded rule).
+    """
+    for i in range(every - 1):
+        if chooser.choose(1.0 / (every - i), where):
+            return (loaded + i) % every
+    return (loaded + every - 1) % every
 
 
 def _compile_recent(m: RecentMatch) -> Pred:

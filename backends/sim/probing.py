@@ -9,7 +9,9 @@ source, and ICMP errors).
 
 Rules with `-m statistic --mode random` make a probe's outcome random: the
 probe is re-run for every combination of draws (depth-first over the
-choices), and each outcome is weighted by the product of its draws.
+choices), and each outcome is weighted by the product of its draws. An
+`--mode nth` counter is a draw too, once per path: where the counter stands
+when the probe reaches it depends on traffic the probe does not see.
 """
 
 from __future__ import annotations
@@ -75,8 +77,9 @@ class ScriptedChooser:
 def observe(kernel: Kernel, probe: Probe, *, tracing: bool = True) -> Observation:
     """Every outcome of one new connection, each path from clean state.
 
-    Each path starts with empty conntrack tables and fresh match state
-    (recent lists, nth counters), as a real backend's flushed namespaces do.
+    Each path starts with empty conntrack tables and recent lists, as a real
+    backend's namespaces do after its reset (its probes of one example share
+    them after that), and places each nth counter anew.
     """
     found: dict[Outcome, float] = {}
     script: list[bool] | None = []
@@ -94,7 +97,10 @@ def observe(kernel: Kernel, probe: Probe, *, tracing: bool = True) -> Observatio
             return Observation(probe, ((outcome, 1.0),), exact=True)
         found[outcome] = found.get(outcome, 0.0) + chooser.weight()
         if paths > MAX_PATHS:
-            raise RuntimeError(f"{probe}: more than {MAX_PATHS} random paths")
+            raise SimError(
+                f"{probe}: more than {MAX_PATHS} combinations of -m statistic draws"
+                " (random draws and nth counter places); the simulator walks each one"
+            )
     _clean(namespaces)
     # Outcomes compare without reason and trace, so each key is the first
     # path that produced it, with that path's trace.
