@@ -168,6 +168,21 @@ def _check_plugins_present(backends: Sequence[Backend], implementations: Sequenc
                 _fail(f"--implementation {impl.name}: {missing}")
 
 
+def _check_rules_on_kernel(backends: Sequence[Backend], implementations: Sequence[Implementation]) -> None:
+    """A proxy's rules bound for the netns backend: restored now in a throwaway namespace, so that a file the kernel
+    refuses stops the run before it starts, with the file, the line and the kernel's reason."""
+    if not any(b.name in ("netns", "sim-snapshot") for b in backends):
+        return
+    from backends.netns.rulescheck import kernel_refusal
+
+    for impl in implementations:
+        if isinstance(impl, ForeignRuleset):
+            for node, path in impl.files.items():
+                refusal = kernel_refusal(impl.rules[node])
+                if refusal is not None:
+                    _fail(f"--implementation {impl.name}: {refusal.describe(str(path))}")
+
+
 def _check_rules_on_simulator(backends: Sequence[Backend], implementations: Sequence[Implementation]) -> None:
     """A proxy's rules bound for the simulator: parsed and checked now, errors naming the file and line (as trace).
 
@@ -250,6 +265,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     implementations = _implementations(args.implementation)
     _check_pairs(backends, implementations)
     _check_plugins_present(backends, implementations)
+    _check_rules_on_kernel(backends, implementations)
     _check_rules_on_simulator(backends, implementations)
     _fixed_scenario_specs(specs, implementations, chosen=bool(args.spec))
     if not any(_judges(s, fixed_scenario(i)) for s in specs for i in implementations):
@@ -337,6 +353,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     (backend,) = _backends(_one(name_list(args.backend, "--backend"), "--backend"))
     _check_pairs([backend], [impl])
     _check_plugins_present([backend], [impl])
+    _check_rules_on_kernel([backend], [impl])
     _check_rules_on_simulator([backend], [impl])
     _fixed_scenario_specs([spec.name], [impl], chosen=True)
     case = load_case(args.case)
@@ -404,6 +421,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     implementations = _implementations(args.implementation)
     _check_pairs(exact, implementations, hint="predict it from the live nodes with --backends sim-snapshot,netns")
     _check_plugins_present(backends, implementations)
+    _check_rules_on_kernel(backends, implementations)
     _check_rules_on_simulator(backends, implementations)
     for impl in implementations:
         scenario = fixed_scenario(impl)
@@ -527,7 +545,9 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         scenario = load_scenario(args.scenario) if args.scenario is not None else fixed or classic_scenario()
         if fixed is not None and scenario != fixed:
             _fail(f"--scenario {args.scenario}: {impl.name} realises the cluster its rules were made for, not this one")
-        _check_plugins_present(_backends("netns"), [impl])  # privileges, tools and plugins first
+        netns = _backends("netns")
+        _check_plugins_present(netns, [impl])  # privileges, tools and plugins first
+        _check_rules_on_kernel(netns, [impl])
         dataplane = snapshot_deployment(impl.render(scenario))
     try:
         out.write_text(dump_dataplane(dataplane), encoding="utf-8")

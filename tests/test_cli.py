@@ -161,6 +161,18 @@ NEEDS_NETNS = pytest.mark.skipif(_WHY_NOT_NETNS is not None, reason=f"netns: {_W
             ["run", "--implementation", "rules:nopods.yaml:node-1=rules", "--spec", "dnat"],
             "--spec dnat: cannot judge rules:nopods.yaml:node-1=rules: dnat needs a Service with a TCP or UDP port",
         ),
+        # On the kernel alone, the kernel judges a proxy's rules before the run: the file's own line, and why.
+        pytest.param(
+            ["run", "--backend", "netns", "--implementation", "rules:case.yaml:node-1=nth"],
+            "nth:4: -A FORWARD -m statistic --mode nth --every 2 -j DROP: the kernel refused it"
+            ' (iptables-legacy-restore: statistic: option "--every" also requires "--packet")',
+            marks=NEEDS_NETNS,
+        ),
+        pytest.param(
+            ["compare", "--backends", "sim,netns", "--implementation", "rules:case.yaml:node-1=dnat"],
+            "dnat:5: -A INPUT -p tcp -j DNAT --to-destination 10.0.0.1: the kernel refused it",
+            marks=NEEDS_NETNS,
+        ),
         pytest.param(
             ["compare", "--implementation", "rules:nopods.yaml:node-1=rules"],
             "scenario 'nopods' has no pod, Service or NodePort to probe",
@@ -194,6 +206,15 @@ def test_bad_arguments_exit_2_without_traceback(
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "ipset").write_text(
         "*filter\n:FORWARD ACCEPT [0:0]\n# an ipset match\n-A FORWARD -m set --match-set s src -j DROP\nCOMMIT\n"
+    )
+    (tmp_path / "nth").write_text(
+        "*filter\n:FORWARD ACCEPT [0:0]\n# --packet left out\n-A FORWARD -m statistic --mode nth --every 2 -j DROP\n"
+        "COMMIT\n"
+    )
+    # Parsed fine; the kernel refuses DNAT outside the nat table when the table is committed.
+    (tmp_path / "dnat").write_text(
+        "*filter\n:INPUT ACCEPT [0:0]\n# the second rule\n-A INPUT -p udp -j ACCEPT\n"
+        "-A INPUT -p tcp -j DNAT --to-destination 10.0.0.1\n-A INPUT -j ACCEPT\nCOMMIT\n"
     )
     classic = (Path(__file__).parent / "scenarios" / "classic.yaml").read_text()
     (tmp_path / "nopods.yaml").write_text("---\n".join(d for d in classic.split("---\n") if "kind: Node" in d))
