@@ -25,8 +25,8 @@ from backends.sim_snapshot import SimSnapshotBackend
 from conformance.arguments import UsageError, backend_list, count, name_list
 from conformance.bench import render as render_bench
 from conformance.bench import run_bench
-from conformance.cases import dump_case, load_case
-from conformance.compare import CompareResult, run_compare
+from conformance.cases import load_case
+from conformance.compare import CompareResult, agrees, replay_comparison, run_compare
 from conformance.implementations import (
     CNI_PLUGIN_IMPLEMENTATIONS,
     CONFLIST,
@@ -55,7 +55,6 @@ from conformance.model import Scenario
 from conformance.progress import Progress
 from conformance.reporting import RunMeta, new_run_dir, write_run
 from conformance.reporting import register as register_report
-from conformance.reporting.reproduce import file_stem
 from conformance.runner import REPLAY_SAMPLES, SpecResult, replay_sampled, run_spec, summarize
 from conformance.snapshot import SnapshotError, dump_dataplane
 from conformance.specs import all_specs, get_spec
@@ -412,6 +411,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+COMPARE_EXAMPLES = 100
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     backends = _backends(args.backends, "--backends")
     exact = [b for b in backends if b.exact]
@@ -431,6 +433,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if predictor.name == "sim-snapshot":
         # Predict from the very namespaces the real backend built.
         predictor = SimSnapshotBackend(live=real[0])  # type: ignore[arg-type]  # a netns backend
+    if args.case is not None:
+        if args.examples is not None or args.seed is not None:
+            _fail("--case replays one saved case: --examples and --seed do not apply")
+        if len(implementations) != 1:
+            _fail(f"--implementation {args.implementation}: --case replays one case with exactly one implementation")
+        return _compare_case(args.case, predictor, real, implementations[0])
+    args.examples = args.examples or COMPARE_EXAMPLES
     meta = RunMeta.begin(args.argv, seed=args.seed, examples=args.examples)
     run_dir = _run_dir(args.report_dir)
     comparisons: list[CompareResult] = []
@@ -450,18 +459,43 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"{r.examples} examples in {r.seconds:.1f}s ({rate:.1f}/s), seed {r.seed}")
         if r.disagreement is not None:
             failed += 1
-            case_file = run_dir / "disagreements" / f"{file_stem(predictor.name, backend.name, impl.name)}.yaml"
-            case_file.parent.mkdir(parents=True, exist_ok=True)
-            case_file.write_text(dump_case(r.disagreement.case), encoding="utf-8")
             print("\n" + r.disagreement.render())
-            print(f"\nminimal case saved as {case_file}")
         elif r.error is not None:
             failed += 1
             print(f"could not compare: {r.error}")
     for backend in real:
         backend.teardown()
     report = write_run(run_dir, results=[], comparisons=comparisons, meta=meta)
+    for (_, backend_name, impl_name), saved in report.disagreements.items():
+        print(f"\n{backend_name} / {impl_name}: minimal case saved as {saved.path}; replay it on both backends:")
+        print(f"  {saved.commands[0]}")
     print(f"report {report.html}")
+    return 1 if failed else 0
+
+
+def _compare_case(path: str, predictor: Backend, real: Sequence[Backend], impl: Implementation) -> int:
+    """A saved case (a disagreement's minimal case) on the exact and each real backend, probe by probe."""
+    case = load_case(path)
+    failed = 0
+    for backend in real:
+        atexit.register(backend.teardown)  # also on an interrupt; teardown is idempotent
+        samples = 1 if backend.exact else REPLAY_SAMPLES
+        done, taken = replay_comparison(case, predictor, backend, impl, samples=samples)
+        backend.teardown()
+        print(f"{backend.name} against {predictor.name}, {impl.name}:")
+        for predicted, observed in zip(done.predicted, done.observed, strict=True):
+            sample = observed.outcomes[0][0].summary() if observed.outcomes else "nothing"
+            mark = "agree" if agrees(predicted, observed) else "DISAGREE"
+            print(f"  {mark:8}  {predicted.probe}: {backend.name} {sample}")
+            for o, p in predicted.outcomes:
+                print(f"            {predictor.name} p={p:.3f}: {o.summary()}")
+        if done.disagreements:
+            failed += 1
+            print(f"\n{len(done.disagreements)} probe(s) disagree (sample {taken} of up to {samples}):")
+            for d in done.disagreements:
+                print("\n" + d.render(case=False))
+        else:
+            print(f"\nevery probe agrees in all {taken} sample(s)")
     return 1 if failed else 0
 
 
@@ -640,10 +674,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmp = sub.add_parser("compare", help="differential run: a real backend's samples against the simulator")
     cmp.add_argument("--backends", default="sim,netns", help="the exact backend and real ones (default: sim,netns)")
-    cmp.add_argument("--examples", type=count, default=100)
+    cmp.add_argument("--examples", type=count, default=None, help=f"how many examples (default: {COMPARE_EXAMPLES})")
     cmp.add_argument("--seed", type=int, default=None)
     cmp.add_argument("--implementation", default=REFERENCE)
     cmp.add_argument("--report-dir", default=str(DEFAULT_REPORT_DIR))
+    cmp.add_argument(
+        "--case", default=None, help="replay one saved case (a disagreement's minimal case) instead of generating"
+    )
     cmp.set_defaults(func=cmd_compare)
 
     sn = sub.add_parser("snapshot", help="read a node's live state (netns) into a Dataplane file for the simulator")

@@ -40,7 +40,7 @@ class Disagreement:
     observed: Observation
     implementation: str = "reference"
 
-    def render(self) -> str:
+    def render(self, *, case: bool = True) -> str:
         sample = self.observed.outcomes[0][0] if self.observed.outcomes else None
         lines = [
             f"{self.probe}: {self.backend} observed {sample.summary() if sample else 'nothing'}",
@@ -53,7 +53,8 @@ class Disagreement:
             lines += [f"    {t}" for t in traced.trace]
         if sample is not None and sample.reason:
             lines.append(f"  {self.backend} says: {sample.reason}")
-        lines += ["", "minimal case:", dump_case(self.case)]
+        if case:
+            lines += ["", "minimal case:", dump_case(self.case)]
         return "\n".join(lines)
 
 
@@ -109,9 +110,16 @@ def _observe_confirmed(
     return observed
 
 
-def find_disagreements(
-    case: Case, predictor: Backend, backend: Backend, implementation: Implementation
-) -> list[Disagreement]:
+@dataclass
+class Compared:
+    """One case on both backends: every probe's prediction and sample, and the probes that disagree."""
+
+    predicted: list[Observation]
+    observed: list[Observation]
+    disagreements: list[Disagreement]
+
+
+def compare_once(case: Case, predictor: Backend, backend: Backend, implementation: Implementation) -> Compared:
     dataplane = implementation.render(case.scenario)
     predictor.deploy(dataplane)
     backend.deploy(dataplane)
@@ -121,12 +129,41 @@ def find_disagreements(
     bad = [i for i, (p, o) in enumerate(zip(predicted, observed, strict=True)) if not agrees(p, o)]
     if bad and getattr(predictor, "tracing", True) is False:
         predicted = traced(predictor, case.probes)  # explain the prediction
-    return [
+    diffs = [
         Disagreement(
             case, predicted[i].probe, predictor.name, backend.name, predicted[i], observed[i], implementation.name
         )
         for i in bad
     ]
+    return Compared(list(predicted), list(observed), diffs)
+
+
+def find_disagreements(
+    case: Case, predictor: Backend, backend: Backend, implementation: Implementation
+) -> list[Disagreement]:
+    return compare_once(case, predictor, backend, implementation).disagreements
+
+
+def replay_comparison(
+    case: Case, predictor: Backend, backend: Backend, implementation: Implementation, *, samples: int
+) -> tuple[Compared, int]:
+    """A saved case on both backends, sampled up to `samples` times, stopping at the first disagreement.
+
+    A real backend takes one load-balancing branch per connection, so a
+    disagreement on one branch shows only when that branch comes up again.
+    Returns the disagreeing (or last) comparison and how many were made.
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
+    if hasattr(backend, "probe_timeout"):
+        backend.probe_timeout = min(backend.probe_timeout, SCREENING_TIMEOUT)
+    taken = 0
+    while True:
+        checkpoint()
+        done = compare_once(case, predictor, backend, implementation)
+        taken += 1
+        if done.disagreements or taken == samples:
+            return done, taken
 
 
 def run_compare(

@@ -183,7 +183,9 @@ def test_junit_xml_counts_and_failures(known: KnownRun) -> None:
     assert netns is not None and (netns.get("tests"), netns.get("failures")) == ("1", "1")
     (tc,) = netns.findall("testcase")
     assert tc.get("name") == "agrees with sim" and tc.find("failure") is not None
-    assert "netconformance replay" in (tc.findtext("system-out") or "")
+    assert "netconformance compare --backends sim,netns --implementation reference --case " in (
+        tc.findtext("system-out") or ""
+    )
 
 
 # index.html -----------------------------------------------------------------------------------------------------------

@@ -34,6 +34,12 @@ def replay_command(path: Path, *, spec: str, backend: str, implementation: str) 
     )
 
 
+def compare_command(path: Path, *, predictor: str, backend: str, implementation: str) -> str:
+    """The command that replays a disagreement's case on both backends, probe by probe."""
+    words = ["netconformance", "compare", "--backends", f"{predictor},{backend}", "--implementation", implementation]
+    return shlex.join([*words, "--case", str(path)])
+
+
 @dataclass(frozen=True)
 class SavedCase:
     """A case written for replay, and how to replay it."""
@@ -67,12 +73,9 @@ def save_failure_case(run_dir: Path, case: Case, *, spec: str, backend: str, imp
 
 
 def save_disagreement_case(
-    run_dir: Path, case: Case, *, predictor: str, backend: str, implementation: str, spec: str = "connectivity"
+    run_dir: Path, case: Case, *, predictor: str, backend: str, implementation: str
 ) -> SavedCase:
-    # There is no replay command for a comparison: replaying on each backend prints every
-    # probe's outcomes side by side; the spec only has to accept the case's probes.
     path, cid = save_case(run_dir, case, f"compare-{implementation}-{predictor}-{backend}")
-    commands = tuple(
-        replay_command(path, spec=spec, backend=b, implementation=implementation) for b in (predictor, backend)
+    return SavedCase(
+        path, cid, (compare_command(path, predictor=predictor, backend=backend, implementation=implementation),)
     )
-    return SavedCase(path, cid, commands)
