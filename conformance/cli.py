@@ -25,7 +25,7 @@ from backends.sim_snapshot import SimSnapshotBackend
 from conformance.arguments import UsageError, backend_list, count, name_list
 from conformance.bench import render as render_bench
 from conformance.bench import run_bench
-from conformance.cases import load_case
+from conformance.cases import Case, load_case
 from conformance.compare import CompareResult, agrees, replay_comparison, run_compare
 from conformance.implementations import (
     CNI_PLUGIN_IMPLEMENTATIONS,
@@ -346,6 +346,18 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     return 1 if bad or errors else 0
 
 
+def _load_case_for(path: str, impl: Implementation) -> Case:
+    """A saved case; for a proxy's rules, only a case in the cluster they were made for."""
+    case = load_case(path)
+    fixed = fixed_scenario(impl)
+    if fixed is not None and case.scenario != fixed:
+        _fail(
+            f"{path}: its cluster (scenario {case.scenario.name!r}) is not the one {impl.name} was made for "
+            f"({fixed.name!r}); a case for these rules comes from a run or a compare with them"
+        )
+    return case
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     spec = get_spec(_one(_specs([args.spec]), "--spec"))
     impl = _one_implementation(args.implementation)
@@ -355,7 +367,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     _check_rules_on_kernel([backend], [impl])
     _check_rules_on_simulator([backend], [impl])
     _fixed_scenario_specs([spec.name], [impl], chosen=True)
-    case = load_case(args.case)
+    case = _load_case_for(args.case, impl)
     done = replay_sampled(spec, case, backend, impl)
     for obs in done.observations:
         print(obs.describe())
@@ -475,7 +487,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _compare_case(path: str, predictor: Backend, real: Sequence[Backend], impl: Implementation) -> int:
     """A saved case (a disagreement's minimal case) on the exact and each real backend, probe by probe."""
-    case = load_case(path)
+    case = _load_case_for(path, impl)
     failed = 0
     for backend in real:
         atexit.register(backend.teardown)  # also on an interrupt; teardown is idempotent

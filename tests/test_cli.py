@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import os
 import re
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 
 from backends import BackendUnavailable
 from backends.netns import NetnsBackend
+from conformance.cases import Case, dump_case
 from conformance.cli import main
+from conformance.probes import Probe
 from conformance.pytest_plugin import _backend_option
+from conformance.strategies import classic_scenario
 
 TRACE_REST = ["--from", "pod", "--src", "10.244.1.11", "--dst", "10.96.0.10", "--dport", "80"]
 
@@ -183,6 +187,10 @@ NEEDS_NETNS = pytest.mark.skipif(_WHY_NOT_NETNS is not None, reason=f"netns: {_W
             "--spec policy: cannot judge rules:case.yaml:node-1=rules",
         ),
         (
+            ["replay", "hairpin.yaml", "--spec", "hairpin", "--implementation", "rules:pol.yaml:node-1=rules"],
+            "hairpin.yaml: its cluster (scenario 'classic') is not the one rules:pol.yaml:node-1=rules was made for",
+        ),
+        (
             ["run", "--implementation", "rules:case.yaml:node-1=rules", "--spec", "hairpin,policy"],
             "--spec policy: cannot judge rules:case.yaml:node-1=rules: its rules realise one cluster",
         ),
@@ -216,6 +224,8 @@ def test_bad_arguments_exit_2_without_traceback(
         "*filter\n:INPUT ACCEPT [0:0]\n# the second rule\n-A INPUT -p udp -j ACCEPT\n"
         "-A INPUT -p tcp -j DNAT --to-destination 10.0.0.1\n-A INPUT -j ACCEPT\nCOMMIT\n"
     )
+    hairpin = Probe("pod:default/pod-b", IPv4Address("10.96.0.100"), 80, "TCP")
+    (tmp_path / "hairpin.yaml").write_text(dump_case(Case(classic_scenario(), (hairpin,))))
     classic = (Path(__file__).parent / "scenarios" / "classic.yaml").read_text()
     (tmp_path / "nopods.yaml").write_text("---\n".join(d for d in classic.split("---\n") if "kind: Node" in d))
     (tmp_path / "pol.yaml").write_text((Path(__file__).parent / "scenarios" / "policies.yaml").read_text())
