@@ -311,6 +311,9 @@ def test_user_conflist_plugins_and_failures_are_said_without_traceback(
     assert f"CNI plugin(s) brdge not found in CNI_PATH '{tmp_path}/nothing:/usr/lib/cni'" in err
     assert "apt-get" not in err  # not a Debian plugin: a typo, or the user's own binary elsewhere
     assert not (tmp_path / "r").exists()
+    monkeypatch.setenv("NETCONFORMANCE_CNI_PATH", "")  # set but empty: said, not searched as nothing
+    assert main(argv) == 2
+    assert "CNI plugin(s) brdge: NETCONFORMANCE_CNI_PATH is set but names no directory" in capsys.readouterr().err
     monkeypatch.delenv("NETCONFORMANCE_CNI_PATH")
 
     # A plugin whose ADD fails (macvlan on a master that is not there): the plugin's own words, exit 2.

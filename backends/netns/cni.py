@@ -84,6 +84,8 @@ def missing_plugins_message(kinds: list[str]) -> str | None:
     if not missing:
         return None
     where = cni_path()
+    if not where.strip(":"):
+        return f"CNI plugin(s) {', '.join(missing)}: NETCONFORMANCE_CNI_PATH is set but names no directory"
     advice = "put them in one of those directories, or point NETCONFORMANCE_CNI_PATH at theirs"
     if set(missing) <= DEBIAN_PLUGINS:
         advice += " (Debian: apt-get install containernetworking-plugins)"
