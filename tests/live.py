@@ -90,6 +90,21 @@ def with_server_rules(rules: str) -> Dataplane:
     return dataclasses.replace(dataplane, namespaces=namespaces)
 
 
+def assert_reset_empties_recent_lists(backend: Backend, *, who: str) -> None:
+    """The second connection from a listed address is reset. Lists outlive conntrack flushes and rules swaps, so
+    unless the backend empties them at each reset, one example's probes decide the next example's."""
+    dataplane = with_server_rules(
+        "-A INPUT -p tcp --dport 8080 --syn -m recent --name seen --rcheck -j REJECT --reject-with tcp-reset\n"
+        "-A INPUT -p tcp --dport 8080 --syn -m recent --name seen --set\n"
+    )
+    probes = [Probe(POD_A, B, 8080, "TCP")]
+    first, second = sampled(backend, dataplane, probes), sampled(backend, dataplane, probes)
+    assert first[0].verdict == second[0].verdict == "delivered", (first, second)
+    assert_like_sim(dataplane, probes, second, who=who)
+    # ... and the list did fill: a second probe in the same example is refused
+    assert backend.observe(probes)[0].outcomes[0][0].verdict == "refused"
+
+
 def simulated(dataplane: Dataplane, probes: Sequence[Probe]) -> list[Observation]:
     """The simulator's prediction for `probes` on `dataplane`."""
     sim = SimBackend()

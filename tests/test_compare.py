@@ -7,9 +7,6 @@ disagreement may show only on some samples); the exact backend is the real simul
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -19,61 +16,20 @@ from backends.sim import SimBackend
 from conformance import cli
 from conformance.cases import Case, dump_case, load_case
 from conformance.compare import replay_comparison
-from conformance.dataplane import Dataplane
 from conformance.implementations import get_implementation
-from conformance.probes import Observation, Outcome, Probe
+from conformance.probes import Outcome
 from conformance.strategies import classic_scenario
 
-HAIRPIN = Probe("pod:default/pod-b", IPv4Address("10.96.0.100"), 80, "TCP")
-# What the simulator predicts for the hairpin probe on the reference: served, the server sees the bridge's address.
-SERVED = Outcome(
-    "delivered",
-    served_by="default/pod-b",
-    served_port=8080,
-    server_saw=IPv4Address("10.244.1.1"),
-    client_saw=IPv4Address("10.96.0.100"),
-)
+from scripted import HAIRPIN, SERVED, Scripted
+
 REFUSED = Outcome("refused", reason="ECONNREFUSED")
 CASE = Case(classic_scenario(), (HAIRPIN,))
-
-
-@dataclass
-class Scripted:
-    """A sampling backend answering each observe() with the next scripted outcome, then `otherwise`
-    (None: a sample of what the simulator predicts)."""
-
-    answers: list[Outcome] = field(default_factory=list)
-    otherwise: Outcome | None = None
-    name: str = "scripted"
-    exact: bool = False
-    probe_timeout: float = 0.05
-    observed: int = 0
-    sim: SimBackend = field(default_factory=SimBackend)
-
-    def preflight(self) -> None:
-        pass
-
-    def deploy(self, dataplane: Dataplane) -> None:
-        self.sim.deploy(dataplane)
-
-    def reset(self) -> None:
-        pass
-
-    def teardown(self) -> None:
-        pass
-
-    def observe(self, probes: Sequence[Probe]) -> list[Observation]:
-        self.observed += 1
-        if self.answers or self.otherwise is not None:
-            outcome = self.answers.pop(0) if self.answers else self.otherwise
-            return [Observation(p, ((outcome, 1.0),), exact=False) for p in probes]
-        return [Observation(o.probe, ((o.outcomes[0][0], 1.0),), exact=False) for o in self.sim.observe(probes)]
 
 
 def test_replay_stops_at_the_first_disagreeing_sample() -> None:
     scripted = Scripted([SERVED, SERVED, REFUSED])
     done, taken = replay_comparison(CASE, SimBackend(), scripted, get_implementation("reference"), samples=20)
-    assert taken == 3 and scripted.observed == 3
+    assert taken == 3 and len(scripted.timeouts) == 3
     (d,) = done.disagreements
     assert d.probe == HAIRPIN and d.observed.outcomes[0][0] == REFUSED
     assert [o for o, _ in d.predicted.outcomes] == [SERVED]
@@ -82,7 +38,7 @@ def test_replay_stops_at_the_first_disagreeing_sample() -> None:
 def test_replay_that_agrees_takes_every_sample() -> None:
     scripted = Scripted()
     done, taken = replay_comparison(CASE, SimBackend(), scripted, get_implementation("reference"), samples=5)
-    assert (taken, scripted.observed, done.disagreements) == (5, 5, [])
+    assert (taken, len(scripted.timeouts), done.disagreements) == (5, 5, [])
     assert [o.outcomes[0][0] for o in done.observed] == [SERVED]
     with pytest.raises(ValueError, match="samples must be at least 1"):
         replay_comparison(CASE, SimBackend(), scripted, get_implementation("reference"), samples=0)

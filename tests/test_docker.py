@@ -42,18 +42,16 @@ from conformance.strategies import classic_scenario
 from live import (
     CLASSIC_PROBES,
     NODE,
-    POD_A,
     POLICIES,
     REPO,
     SVC,
-    B,
     assert_like_sim,
+    assert_reset_empties_recent_lists,
     classic_with_node_port,
     live_or_skip,
     sampled,
     simulated,
     terminate_once_started,
-    with_server_rules,
 )
 
 
@@ -143,17 +141,7 @@ def test_two_nodes_and_swaps_match_simulator(backend: DockerBackend) -> None:
 
 
 def test_reset_empties_recent_lists_in_containers(backend: DockerBackend) -> None:
-    # As on netns: the second connection from a listed address is reset, and
-    # each example must start with the lists empty, as the simulator does.
-    dataplane = with_server_rules(
-        "-A INPUT -p tcp --dport 8080 --syn -m recent --name seen --rcheck -j REJECT --reject-with tcp-reset\n"
-        "-A INPUT -p tcp --dport 8080 --syn -m recent --name seen --set\n"
-    )
-    probes = [Probe(POD_A, B, 8080, "TCP")]
-    first, second = sampled(backend, dataplane, probes), sampled(backend, dataplane, probes)
-    assert first[0].verdict == second[0].verdict == "delivered", (first, second)
-    assert_like_sim(dataplane, probes, second, who="docker")
-    assert backend.observe(probes)[0].outcomes[0][0].verdict == "refused"  # the list did fill
+    assert_reset_empties_recent_lists(backend, who="docker")
 
 
 def test_node_containers_inspected_with_testinfra(backend: DockerBackend) -> None:

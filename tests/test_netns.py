@@ -35,6 +35,7 @@ from live import (
     REPO,
     B,
     assert_like_sim,
+    assert_reset_empties_recent_lists,
     classic_with_node_port,
     live_or_skip,
     sampled,
@@ -277,21 +278,7 @@ def test_nth_counter_outlives_examples_and_the_simulator_allows_every_place(back
 
 
 def test_reset_empties_recent_lists(backend: NetnsBackend) -> None:
-    # The second connection from a listed address is reset. Lists outlive
-    # conntrack flushes and rules swaps, so without the backend emptying them
-    # the first example would decide the second.
-    dataplane = with_server_rules(
-        "-A INPUT -p tcp --dport 8080 --syn -m recent --name seen --rcheck -j REJECT --reject-with tcp-reset\n"
-        "-A INPUT -p tcp --dport 8080 --syn -m recent --name seen --set\n"
-    )
-    probes = [Probe(POD_A, B, 8080, "TCP")]
-    first, second = sampled(backend, dataplane, probes), sampled(backend, dataplane, probes)
-    assert first[0].verdict == second[0].verdict == "delivered", (first, second)
-    assert_like_sim(dataplane, probes, second, who="kernel")
-    # ... and the list did fill: a second probe in the same example is refused
-    backend.reset()
-    assert backend.observe(probes)[0].outcomes[0][0].verdict == "delivered"
-    assert backend.observe(probes)[0].outcomes[0][0].verdict == "refused"
+    assert_reset_empties_recent_lists(backend, who="kernel")
 
 
 def test_sctp_probe_is_refused_loudly(backend: NetnsBackend) -> None:

@@ -3,56 +3,15 @@ several samples, because a real kernel takes one load-balancing branch per conne
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from ipaddress import IPv4Address
-
 from backends.sim import SimBackend
 from conformance.cases import Case
-from conformance.dataplane import Dataplane
 from conformance.implementations import get_implementation
-from conformance.probes import Observation, Outcome, Probe
+from conformance.probes import Observation
 from conformance.runner import CONFIRM_ATTEMPTS, CONFIRMING_TIMEOUT, confirm_timeouts, replay_sampled
 from conformance.specs import get_spec
 from conformance.strategies import classic_scenario
 
-HAIRPIN = Probe("pod:default/pod-b", IPv4Address("10.96.0.100"), 80, "TCP")
-SERVED = Outcome(
-    "delivered",
-    served_by="default/pod-b",
-    served_port=8080,
-    server_saw=IPv4Address("10.244.1.1"),
-    client_saw=IPv4Address("10.96.0.100"),
-)
-DROPPED = Outcome("dropped", reason="no answer")
-
-
-@dataclass
-class Scripted:
-    """A sampling backend whose answers to each observe() call are scripted, one outcome per call."""
-
-    answers: list[Outcome]
-    name: str = "scripted"
-    exact: bool = False
-    probe_timeout: float = 0.05
-    timeouts: list[float] = field(default_factory=list)  # the timeout each observe() ran with
-
-    def preflight(self) -> None:
-        pass
-
-    def deploy(self, dataplane: Dataplane) -> None:
-        pass
-
-    def reset(self) -> None:
-        pass
-
-    def teardown(self) -> None:
-        pass
-
-    def observe(self, probes: Sequence[Probe]) -> list[Observation]:
-        self.timeouts.append(self.probe_timeout)
-        outcome = self.answers.pop(0) if self.answers else SERVED
-        return [Observation(p, ((outcome, 1.0),), exact=False) for p in probes]
+from scripted import DROPPED, HAIRPIN, SERVED, Scripted
 
 
 def _screened() -> list[Observation]:
