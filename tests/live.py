@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from backends import Backend, BackendUnavailable
+from backends.netns.build import BUILTIN_CHAINS
 from backends.sim import SimBackend
 from conformance.dataplane import Dataplane
 from conformance.implementations import get_implementation
@@ -80,20 +81,27 @@ CLASSIC_PROBES = [
 ]
 
 
-def with_server_rules(rules: str) -> Dataplane:
-    """The classic dataplane, pod-b's namespace given a filter table."""
-    dataplane = get_implementation("reference").render(classic_scenario())
-    table = f"*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n{rules}COMMIT\n"
-    namespaces = tuple(
-        dataclasses.replace(ns, iptables=table) if ns.name == "pod-default-pod-b" else ns for ns in dataplane.namespaces
-    )
-    return dataclasses.replace(dataplane, namespaces=namespaces)
+def with_rules(
+    rules: str, *, netns: str = "pod-default-pod-b", table: str = "filter", scenario: Scenario | None = None
+) -> Dataplane:
+    """The reference dataplane of `scenario` (the classic one), with one more table in one namespace: by default
+    pod-b's filter table."""
+    dataplane = get_implementation("reference").render(scenario or classic_scenario())
+    chains = "".join(f":{chain} ACCEPT [0:0]\n" for chain in BUILTIN_CHAINS[table])
+    block = f"*{table}\n{chains}{rules}COMMIT\n"
+    namespaces = []
+    for ns in dataplane.namespaces:
+        if ns.name == netns:
+            assert f"*{table}\n" not in ns.iptables, f"{netns} already has a {table} table"
+            ns = dataclasses.replace(ns, iptables=ns.iptables + block)
+        namespaces.append(ns)
+    return dataclasses.replace(dataplane, namespaces=tuple(namespaces))
 
 
 def assert_reset_empties_recent_lists(backend: Backend, *, who: str) -> None:
     """The second connection from a listed address is reset. Lists outlive conntrack flushes and rules swaps, so
     unless the backend empties them at each reset, one example's probes decide the next example's."""
-    dataplane = with_server_rules(
+    dataplane = with_rules(
         "-A INPUT -p tcp --dport 8080 --syn -m recent --name seen --rcheck -j REJECT --reject-with tcp-reset\n"
         "-A INPUT -p tcp --dport 8080 --syn -m recent --name seen --set\n"
     )

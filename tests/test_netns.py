@@ -41,7 +41,7 @@ from live import (
     sampled,
     simulated,
     terminate_once_started,
-    with_server_rules,
+    with_rules,
 )
 
 
@@ -262,7 +262,7 @@ def test_rules_swap_behaves_like_fresh_deploy(backend: NetnsBackend) -> None:
 def test_nth_counter_outlives_examples_and_the_simulator_allows_every_place(backend: NetnsBackend) -> None:
     # Every second new connection to pod-b is reset: the kernel's counter goes
     # on across examples (a reset flushes conntrack, not the counter).
-    dataplane = with_server_rules(
+    dataplane = with_rules(
         "-A INPUT -p tcp --dport 8080 --syn -m statistic --mode nth --every 2 --packet 0"
         " -j REJECT --reject-with tcp-reset\n"
     )
@@ -275,6 +275,31 @@ def test_nth_counter_outlives_examples_and_the_simulator_allows_every_place(back
     assert verdicts in (["refused", "delivered"] * 2, ["delivered", "refused"] * 2)
     [predicted] = simulated(dataplane, probes)
     assert {o.verdict: p for o, p in predicted.outcomes} == {"refused": 0.5, "delivered": 0.5}
+
+
+# Rules on the node that look at what the simulator once lost or refused on the way: the bridge port a frame came
+# in on (kept by br_netfilter through the routed INPUT, FORWARD and POSTROUTING hooks), the ASSURED status the
+# handshake's last ACK sets, an address type limited to the incoming device. Each drops some of the classic
+# probes; the simulator must say which.
+NODE_MANGLE_RULES = {
+    "physdev-in-forward": "-A FORWARD -m physdev --physdev-is-in -j DROP\n",
+    "physdev-in-input": "-A INPUT -m physdev --physdev-is-in -j DROP\n",
+    "physdev-routed-postrouting": "-A POSTROUTING -m physdev --physdev-is-in ! --physdev-is-bridged -j DROP\n",
+    "physdev-bridged-postrouting": "-A POSTROUTING -m physdev --physdev-is-bridged --physdev-in veth+ -j DROP\n",
+    "assured-forward": "-A FORWARD -m conntrack --ctstatus ASSURED -j DROP\n",
+    "assured-input": "-A INPUT -p tcp -m conntrack --ctstatus ASSURED -j DROP\n",
+    "addrtype-limit-iface": "-A INPUT -m addrtype --dst-type LOCAL --limit-iface-in -j DROP\n",
+}
+
+
+@pytest.mark.parametrize("name", list(NODE_MANGLE_RULES))
+def test_node_rules_the_simulator_once_missed_match_it(backend: NetnsBackend, name: str) -> None:
+    dataplane = with_rules(
+        NODE_MANGLE_RULES[name], netns="node-node-1", table="mangle", scenario=classic_with_node_port()
+    )
+    samples = sampled(backend, dataplane, CLASSIC_PROBES)
+    assert_like_sim(dataplane, CLASSIC_PROBES, samples, who="kernel")
+    assert any(s.verdict != "delivered" for s in samples[:6] + samples[8:12]), samples  # the rule did bite
 
 
 def test_reset_empties_recent_lists(backend: NetnsBackend) -> None:

@@ -7,6 +7,7 @@ hairpin flag and bridge-nf-call-iptables vary per test.
 
 from __future__ import annotations
 
+import dataclasses
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
@@ -250,6 +251,25 @@ COMMIT
     assert probe(kernel, "pod-10", POD_B, 8080, "UDP").verdict == "dropped"
     assert probe(kernel, "pod-10", POD_C, 8080, "UDP").verdict == "delivered"
     assert probe(kernel, "pod-12", POD_B, 8080, "UDP").verdict == "delivered"
+
+
+@pytest.mark.parametrize("bridge_nf", [True, False])
+def test_the_ingress_port_is_known_to_routed_hooks_until_a_veth(bridge_nf: bool) -> None:
+    # br_netfilter keeps the port a frame came in on for every later hook of the node, routed ones too
+    # (measured); a frame it never saw has no port, and neither has a packet that crossed a veth since.
+    rules = """\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m physdev --physdev-in veth-pod-11 -j DROP
+COMMIT
+"""
+    dataplane = bridge_node(iptables=rules, bridge_nf=bridge_nf)
+    kernel = Kernel(dataclasses.replace(dataplane, sources=(*dataplane.sources, ("node", "node"))))
+    # The answer from pod-11 comes up through cni0 to the node.
+    assert probe(kernel, "node", POD_B, 8080, "UDP").verdict == ("dropped" if bridge_nf else "delivered")
+    assert probe(kernel, "node", POD_A, 8080, "UDP").verdict == "delivered"
 
 
 @pytest.mark.parametrize("proto", ["TCP", "UDP"])

@@ -144,6 +144,39 @@ def test_fin_without_a_connection_is_invalid() -> None:
     assert pkt.ctstate == "INVALID"
 
 
+def test_the_handshakes_last_ack_marks_a_tcp_connection_assured() -> None:
+    table = ConntrackTable()
+    syn = tcp("10.0.0.2", "10.1.0.2", 41000, 8080, "SYN")
+    track(table, syn)
+    assert syn.ct is not None
+    table.confirm(syn.ct)
+    conn = syn.ct
+    syn_ack = tcp("10.1.0.2", "10.0.0.2", 8080, 41000, "SYN", "ACK")
+    track(table, syn_ack)
+    assert "SEEN_REPLY" in conn.status and "ASSURED" not in conn.status  # the reply itself does not assure
+    ack = tcp("10.0.0.2", "10.1.0.2", 41000, 8080, "ACK")
+    track(table, ack)
+    assert "ASSURED" in conn.status  # before any rule sees this ACK
+
+
+def test_a_refused_or_unanswered_connection_is_never_assured() -> None:
+    table = ConntrackTable()
+    syn = tcp("10.0.0.2", "10.1.0.2", 41000, 8080, "SYN")
+    track(table, syn)
+    assert syn.ct is not None
+    table.confirm(syn.ct)
+    track(table, tcp("10.0.0.2", "10.1.0.2", 41000, 8080, "SYN"))  # a retransmission
+    track(table, tcp("10.1.0.2", "10.0.0.2", 8080, 41000, "RST", "ACK"))
+    assert "ASSURED" not in syn.ct.status
+    udp = Packet(sim(CLIENT), sim(SERVER), "udp", 41000, 8080)
+    track(table, udp)
+    assert udp.ct is not None
+    table.confirm(udp.ct)
+    track(table, Packet(sim(SERVER), sim(CLIENT), "udp", 8080, 41000))
+    track(table, Packet(sim(CLIENT), sim(SERVER), "udp", 41000, 8080))
+    assert "ASSURED" not in udp.ct.status  # UDP only after two seconds of traffic
+
+
 def test_states_over_a_connection_lifetime() -> None:
     table = ConntrackTable()
     first = Packet(sim(CLIENT), sim(SERVER), "udp", 41000, 8080)

@@ -411,3 +411,30 @@ def test_gateway_not_on_link_is_a_simerror() -> None:
 def test_route_on_a_missing_device_is_a_simerror() -> None:
     with pytest.raises(SimError, match="no link 'eth9'"):
         Kernel(routed(router_routes=(Route(N("172.16.0.0/12"), "eth9"),)))
+
+
+def test_addrtype_reads_the_local_table_and_limit_iface_its_device() -> None:
+    # Measured: an address with no route is UNICAST; LOCAL and BROADCAST hold only on the device whose address
+    # it is (10.9.9.9 on lo is UNICAST to --limit-iface-in eth0); value-typed addresses ignore the device.
+    node = NetnsConfig(
+        name="node",
+        role="node",
+        links=(Link("eth0", "veth", "peer", "eth0"),),
+        addresses=(addr("eth0", "10.0.0.1/24"), addr("lo", "10.9.9.9/32")),
+    )
+    peer = NetnsConfig(name="peer", role="pod", addresses=(addr("eth0", "10.0.0.3/24"),))
+    ns = Kernel(Dataplane((node, peer))).namespaces["node"]
+
+    def types(ip: str, limit: str | None = None) -> set[str]:
+        return set(ns.addr_type(Addr.of(A(ip)), limit))
+
+    assert types("192.168.5.5") == types("192.168.5.5", "eth0") == {"UNICAST"}
+    assert types("10.0.0.1") == types("10.0.0.1", "eth0") == {"LOCAL"}
+    assert types("10.0.0.1", "eth1") == {"UNICAST"}
+    assert types("10.9.9.9") == types("10.9.9.9", "lo") == {"LOCAL"}
+    assert types("10.9.9.9", "eth0") == types("127.0.0.1", "eth0") == {"UNICAST"}
+    assert types("127.0.0.1", "lo") == {"LOCAL"}
+    assert types("10.0.0.255") == types("10.0.0.255", "eth0") == {"BROADCAST"}
+    assert types("10.0.0.255", "lo") == {"UNICAST"}
+    assert types("255.255.255.255", "lo") == types("0.1.2.3", "eth0") == {"BROADCAST"}
+    assert types("224.0.0.1", "eth0") == {"MULTICAST"}

@@ -21,6 +21,7 @@ INIT_STATUS: dict[Manip, str] = {"DST": "INIT_DST", "SRC": "INIT_SRC"}
 # ICMP error types whose payload names the connection they are about.
 ICMP_ERROR_TYPES = frozenset({3, 4, 5, 11, 12})
 _RST_FIN, _SYN_ACK = frozenset({"RST", "FIN"}), frozenset({"SYN", "ACK"})
+_NOT_ESTABLISHED = frozenset({"SYN", "RST", "FIN"})
 
 
 @dataclass(slots=True)
@@ -59,7 +60,8 @@ def track(table: ConntrackTable, pkt: Packet) -> None:
     Simplified TCP tracking that keeps the distinctions rules can see:
     a first SYN is NEW, a SYN-ACK or RST without a connection is INVALID, an
     ACK without one is picked up as NEW (nf_conntrack_tcp_loose=1, the
-    default), replies are ESTABLISHED and mark the connection SEEN_REPLY.
+    default), replies are ESTABLISHED and mark the connection SEEN_REPLY,
+    and the ACK that completes a TCP handshake marks it ASSURED.
     """
     if pkt.ct is not None:  # already tracked (looped back, or a local error)
         return
@@ -81,6 +83,16 @@ def track(table: ConntrackTable, pkt: Packet) -> None:
     if hit is not None:
         conn, is_reply = hit
         pkt.ct, pkt.ct_reply = conn, is_reply
+        if (
+            pkt.proto == "tcp"
+            and "SEEN_REPLY" in conn.status
+            and "ACK" in pkt.tcp_flags
+            and _NOT_ESTABLISHED.isdisjoint(pkt.tcp_flags)
+        ):
+            # tcp_packet: a valid ACK once both directions were seen moves the connection to ESTABLISHED and
+            # marks it ASSURED before any rule sees the packet (the handshake's last ACK). A UDP flow is ASSURED
+            # only when still active after two seconds, which a probe never is.
+            conn.status.add("ASSURED")
         if is_reply:
             conn.status.add("SEEN_REPLY")
             pkt.ctstate = "ESTABLISHED"

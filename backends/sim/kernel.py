@@ -32,6 +32,10 @@ BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
 LIMITED_BROADCAST = Addr(0xFFFFFFFF)
 
 
+_LOCAL, _BROADCAST = frozenset({"LOCAL"}), frozenset({"BROADCAST"})
+_MULTICAST, _UNICAST = frozenset({"MULTICAST"}), frozenset({"UNICAST"})
+
+
 def _loopback(ip: int) -> bool:  # 127.0.0.0/8
     return (ip >> 24) == 127
 
@@ -183,17 +187,29 @@ class NetNS:
         return hit  # type: ignore[return-value]
 
     def _addr_type(self, ip: Addr, limit_iface: str | None) -> frozenset[str]:
-        if limit_iface is not None:
-            raise SimError(f"{self.name}: addrtype --limit-iface-in/out is not modelled")
+        # inet_dev_addr_type: multicast, 0.0.0.0/8 and 255.255.255.255 by their value; otherwise the type of the
+        # local table's route, but only when that route's device is the --limit-iface one. An address without a
+        # route is UNICAST, not UNREACHABLE (measured: no table holds an unreachable route for it).
         if _multicast(ip):
-            return frozenset({"MULTICAST"})
-        if self.is_broadcast(ip):
-            return frozenset({"BROADCAST"})
-        if self.is_local(ip):
-            return frozenset({"LOCAL"})
-        if self.lookup_main(ip) is None:
-            return frozenset({"UNREACHABLE"})
-        return frozenset({"UNICAST"})
+            return _MULTICAST
+        if ip == LIMITED_BROADCAST or (ip >> 24) == 0:
+            return _BROADCAST
+        dev = self.local_addresses().get(ip)
+        if dev is not None or _loopback(ip):
+            kind, on = _LOCAL, dev.name if dev is not None else "lo"
+        elif self.is_broadcast(ip):
+            kind, on = _BROADCAST, self._broadcast_device(ip)
+        else:
+            return _UNICAST
+        return kind if limit_iface is None or limit_iface == on else _UNICAST
+
+    def _broadcast_device(self, ip: Addr) -> str:
+        return next(
+            dev.name
+            for dev in self.devices.values()
+            for a in dev.addresses
+            if a.network.prefixlen < 31 and Addr.of(a.network.broadcast_address) == ip
+        )
 
     # -- sysctls -----------------------------------------------------------
     def conf_value(self, dev: Device, key: str) -> int:
@@ -766,8 +782,8 @@ class Kernel:
                 return Lost(f"{dev!r}: no FDB entry for {pkt.dst_mac}")
             return self.xmit(walk, port, pkt)
         assert dev.peer is not None
-        # veth_xmit scrubs the skb: conntrack always, the mark across netns.
-        pkt.ct, pkt.ctstate, pkt.ct_reply = None, "UNTRACKED", False
+        # veth_xmit scrubs the skb: conntrack and br_netfilter's record always, the mark across netns.
+        pkt.ct, pkt.ctstate, pkt.ct_reply, pkt.physin = None, "UNTRACKED", False, None
         if dev.peer.netns is not dev.netns:
             pkt.mark = 0
         return self.netif_receive(walk, dev.peer, pkt)
@@ -789,7 +805,8 @@ class Kernel:
                     walk.note(ns, f"{br.name}: frame from {port.name} to the bridge itself, up to IP")
                 return self.ip_rcv(walk, ns, br, pkt)
             return self.br_forward(walk, br, port, pkt, netfilter=False)
-        # br_netfilter: iptables PREROUTING runs at bridge level, with -i <bridge>.
+        # br_netfilter: iptables PREROUTING runs at bridge level, with -i <bridge>; the frame keeps its port.
+        pkt.physin = port
         if walk.tracing:
             walk.note(ns, f"{br.name}: frame from {port.name}, br_netfilter calls iptables PREROUTING")
         daddr = pkt.dst
@@ -846,7 +863,7 @@ class Kernel:
             if res.verdict != "ACCEPT":
                 return self._refuse(walk, ns, "FORWARD", pkt, res, bridged=True)
             res = (
-                self.hook(walk, ns, "POSTROUTING", pkt, in_dev=None, out_dev=br, physout=out)
+                self.hook(walk, ns, "POSTROUTING", pkt, in_dev=None, out_dev=br, physin=inport, physout=out)
                 if ns.stages["POSTROUTING"]
                 else ACCEPTED
             )
@@ -867,7 +884,11 @@ class Kernel:
         if route.kind == "error":
             return self._route_error(walk, ns, pkt, route, dev)
         if route.kind == "local":
-            res = self.hook(walk, ns, "INPUT", pkt, in_dev=dev, out_dev=None) if ns.stages["INPUT"] else ACCEPTED
+            res = (
+                self.hook(walk, ns, "INPUT", pkt, in_dev=dev, out_dev=None, physin=pkt.physin)
+                if ns.stages["INPUT"]
+                else ACCEPTED
+            )
             if res.verdict != "ACCEPT":
                 return self._refuse(walk, ns, "INPUT", pkt, res)
             if walk.tracing:
@@ -891,7 +912,9 @@ class Kernel:
                 f"net.ipv4.conf.all/default/{in_dev.name}.send_redirects=0"
             )
         res = (
-            self.hook(walk, ns, "FORWARD", pkt, in_dev=in_dev, out_dev=route.dev) if ns.stages["FORWARD"] else ACCEPTED
+            self.hook(walk, ns, "FORWARD", pkt, in_dev=in_dev, out_dev=route.dev, physin=pkt.physin)
+            if ns.stages["FORWARD"]
+            else ACCEPTED
         )
         if res.verdict != "ACCEPT":
             return self._refuse(walk, ns, "FORWARD", pkt, res)
@@ -913,7 +936,9 @@ class Kernel:
 
     def ip_output(self, walk: Walk, ns: NetNS, dev: Device, nexthop: Addr, pkt: Packet) -> Landing:
         res = (
-            self.hook(walk, ns, "POSTROUTING", pkt, in_dev=None, out_dev=dev) if ns.stages["POSTROUTING"] else ACCEPTED
+            self.hook(walk, ns, "POSTROUTING", pkt, in_dev=None, out_dev=dev, physin=pkt.physin)
+            if ns.stages["POSTROUTING"]
+            else ACCEPTED
         )
         if res.verdict != "ACCEPT":
             return self._refuse(walk, ns, "POSTROUTING", pkt, res)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+if TYPE_CHECKING:
+    from backends.sim.kernel import Device
 
 L4 = Literal["tcp", "udp", "sctp", "icmp"]
 CtState = Literal["NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED"]
@@ -100,6 +103,10 @@ class Packet:
     ct_reply: bool = False  # the packet travels in the reply direction
     src_mac: str = ""
     dst_mac: str = ""
+    # br_netfilter's record of the bridge port a frame came in on (nf_bridge's physindev): set when iptables
+    # PREROUTING runs at bridge level, seen by -m physdev in every later hook of that namespace, routed or
+    # bridged; crossing a veth scrubs it (measured).
+    physin: Device | None = None
 
     def tuple5(self) -> Tuple5:
         return _new_tuple(Tuple5, (self.src, self.dst, self.proto, self.sport, self.dport))
@@ -123,6 +130,7 @@ class Packet:
             self.ct_reply,
             self.src_mac,
             self.dst_mac,
+            self.physin,
         )
 
     def describe(self) -> str:
