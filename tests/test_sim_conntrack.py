@@ -516,3 +516,44 @@ def test_veth_crossing_clears_conntrack_and_across_namespaces_the_mark(same_netn
     assert landing.netns is va.peer.netns
     assert (landing.pkt.ct, landing.pkt.ctstate, landing.pkt.ct_reply) == (None, "UNTRACKED", False)
     assert landing.pkt.mark == (0x4000 if same_netns else 0)
+
+
+# -- ports the kernel picks at random -------------------------------------------------------------------------------
+
+
+def shares(kernel: Kernel, source: str, dst: IPv4Address, proto: Protocol = "TCP") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for o, p in observe(kernel, Probe(source, dst, 8080, proto)).outcomes:
+        out[o.verdict] = out.get(o.verdict, 0.0) + p
+    return out
+
+
+def test_the_clients_port_is_any_ephemeral_port() -> None:
+    # A rule on the client's source port decides by the share of the ephemeral range (32768-60999) it covers.
+    half = Kernel(routed(filter_("-A FORWARD -p tcp --sport 32768:46383 -j DROP")))
+    got = shares(half, "client", SERVER)
+    assert got == pytest.approx({"dropped": 13616 / 28232, "delivered": 14616 / 28232})
+    exact = Kernel(routed(filter_(f"-A FORWARD -p tcp --sport {CLIENT_PORT} -j DROP")))
+    assert shares(exact, "client", SERVER) == pytest.approx({"delivered": 28231 / 28232, "dropped": 1 / 28232})
+    # A port test the whole range answers alike is no draw: one certain outcome.
+    assert (
+        only(
+            observe(
+                Kernel(routed(filter_("-A FORWARD -p tcp --sport 1024:65535 -j DROP"))),
+                Probe("client", SERVER, 8080, "TCP"),
+            )
+        ).verdict
+        == "dropped"
+    )
+
+
+def test_random_fully_masquerade_takes_a_new_port_even_to_the_same_address() -> None:
+    # Measured: with --random-fully the source port changes though the original is free, so a connection
+    # masqueraded to the address it already had is SNAT'ed (unless the draw gives back the very same port).
+    rules = nat("-A POSTROUTING -o eth1 -j MASQUERADE --random-fully") + filter_(
+        "-A INPUT -m conntrack --ctstate SNAT -j DROP"
+    )
+    got = shares(Kernel(routed(rules)), "node", SERVER, "UDP")
+    assert got == pytest.approx({"dropped": 64511 / 64512, "delivered": 1 / 64512})
+    plain = nat("-A POSTROUTING -o eth1 -j MASQUERADE") + filter_("-A INPUT -m conntrack --ctstate SNAT -j DROP")
+    assert shares(Kernel(routed(plain)), "node", SERVER, "UDP") == {"delivered": 1.0}

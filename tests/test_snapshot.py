@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 
 from backends.netns import NetnsBackend
+from backends.netns.build import BUILTIN_CHAINS
 from backends.netns.snapshot import snapshot_run
 from backends.sim import SimBackend
 from backends.sim_snapshot import SimSnapshotBackend
@@ -152,6 +153,36 @@ def test_foreign_ruleset_compare_from_the_command_line(live: NetnsBackend, tmp_p
     # The kernel saves rules in its own spelling (--or-mark as --set-xmark): judge by the file's own chain names.
     assert "-A KUBE-SEP-A " in snapshot.netns("node-node-1").iptables
     assert "-A KUBE-SEP-A " not in snapshot.netns("node-node-2").iptables  # other nodes: the reference's rules
+
+
+# Minimal node-1 rules on which the simulator once disagreed with the kernel (found by `compare` on rules like a
+# user's): table -> rules. With the rest of node-1's rules gone its Services are unreachable; both must say so alike.
+ONCE_DISAGREED = {
+    "physdev-in-forward": {"filter": "-A FORWARD -m physdev --physdev-in veth+ -j DROP\n"},
+    "physdev-is-in-input": {"filter": "-A INPUT -m physdev --physdev-is-in -j DROP\n"},
+    "assured": {"filter": "-A FORWARD -m conntrack --ctstatus ASSURED -j DROP\n"},
+    "limit-iface-in": {"filter": "-A INPUT -m addrtype --dst-type LOCAL --limit-iface-in -j DROP\n"},
+    "random-fully-port": {
+        "nat": "-A POSTROUTING -o eth0 -j MASQUERADE --random-fully\n",
+        "filter": "-A INPUT -m conntrack --ctstate SNAT -j DROP\n",
+    },
+    "client-port": {"filter": "-A FORWARD -p tcp --sport 41000 -j DROP\n"},
+    "client-port-half": {"filter": "-A FORWARD -p tcp --sport 32768:46383 -j DROP\n"},
+}
+
+
+@pytest.mark.parametrize("name", list(ONCE_DISAGREED))
+def test_rules_the_simulator_once_got_wrong_agree_with_the_kernel(
+    live: NetnsBackend, tmp_path: Path, name: str
+) -> None:
+    text = ""
+    for table, rules in ONCE_DISAGREED[name].items():
+        chains = "".join(f":{chain} ACCEPT [0:0]\n" for chain in BUILTIN_CHAINS[table])
+        text += f"*{table}\n{chains}{rules}COMMIT\n"
+    path = tmp_path / f"{name}.rules"
+    path.write_text(text)
+    argv = ["compare", "--backends", "sim,netns", "--implementation", f"rules:{RULES_SCENARIO}:node-1={path}"]
+    assert main([*argv, "--examples", "25", "--seed", "1", "--report-dir", str(tmp_path)]) == 0
 
 
 # -- no privileges needed ------------------------------------------------------------

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network
 from typing import Literal
 
+from backends.sim import freeports
 from backends.sim.conntrack import INIT_STATUS, ConntrackTable, Manip, bind, nat_packet, track
-from backends.sim.iptables import Ruleset, parse_iptables_save
+from backends.sim.freeports import FreePorts
+from backends.sim.iptables import NatTarget, Ruleset, parse_iptables_save
 from backends.sim.netfilter import (
     Chooser,
     CompiledTable,
@@ -25,13 +27,15 @@ from backends.sim.netfilter import (
     compiled_tables,
     traverse_compiled,
 )
-from backends.sim.packet import ANY, Addr, Packet
+from backends.sim.packet import ANY, Addr, Conn, Packet
 from conformance.dataplane import Dataplane, NetnsConfig
 
 BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
 LIMITED_BROADCAST = Addr(0xFFFFFFFF)
 
 
+RANDOM_PORTS = frozenset({"random", "random-fully"})
+RANDOM_PORT_LABEL = 50000  # how a --random NAT port shows in traces, unless a server uses it
 _LOCAL, _BROADCAST = frozenset({"LOCAL"}), frozenset({"BROADCAST"})
 _MULTICAST, _UNICAST = frozenset({"MULTICAST"}), frozenset({"UNICAST"})
 
@@ -308,6 +312,8 @@ class Walk:
     hops: int = 0
     # Traces cost more than the walk itself: callers build notes only when on.
     tracing: bool = True
+    # Ports the kernel picked at random on this path, as far as rules have fixed them.
+    free: FreePorts = field(default_factory=FreePorts)
 
     def note(self, ns: NetNS, text: str) -> None:
         self.trace.append(f"{ns.name}: {text}")
@@ -370,6 +376,19 @@ class Kernel:
         # Only these can hold per-connection state: conntrack entries need
         # conntrack hooks, match state (nth, recent) needs rules.
         self.stateful_namespaces = tuple(ns for ns in self.namespaces.values() if ns.tracks or ns.ruleset is not None)
+        # Port numbers real packets carry (servers, NAT targets): a random port's label must be none of them.
+        self.used_ports = frozenset(
+            {port for ns in self.namespaces.values() for _, port in ns.listeners}
+            | {
+                rule.target.port
+                for ns in self.namespaces.values()
+                if ns.ruleset is not None
+                for table in ns.ruleset.tables.values()
+                for chain in table.chains.values()
+                for rule in chain.rules
+                if isinstance(rule.target, NatTarget) and rule.target.port is not None
+            }
+        )
 
     def source_namespace(self, source: str) -> NetNS:
         """The namespace a probe source's socket lives in (Dataplane.source_netns, by dict)."""
@@ -564,6 +583,7 @@ class Kernel:
                 bridged=physin is not None or physout is not None,
             )
         ctx.chooser = walk.chooser
+        ctx.free = walk.free
         ctx.state = ns.nf_state
         ctx.trace = walk.trace if walk.tracing else None
         return ctx
@@ -604,7 +624,15 @@ class Kernel:
                     ip = ns.select_src(out_dev, toward)
                     if ip is None:
                         return HookResult("DROP")
-                bind(conn, "SRC", ip, nat.port)
+                port = nat.port
+                if (
+                    port is None
+                    and ip is not None
+                    and not nat.flags.isdisjoint(RANDOM_PORTS)
+                    and pkt.proto in ("tcp", "udp")
+                ):
+                    port = self._random_port(walk, conn, ip)
+                bind(conn, "SRC", ip, port)
             if nat is not None and walk.tracing:
                 r = conn.reply
                 to = f"{r.src}:{r.sport}" if manip == "DST" else f"{r.dst}"
@@ -613,6 +641,20 @@ class Kernel:
         if nat_packet(pkt, manip) and walk.tracing:
             walk.note(ns, f"{hook} nat: {before} rewritten to {pkt.describe()}")
         return None
+
+    def _random_port(self, walk: Walk, conn: Conn, ip: Addr) -> int:
+        """get_unique_tuple with --random/--random-fully: a new source port from the original's range even when
+        the original is free, so it may be any of the range, the original too (then, with the address kept, the
+        connection is not SNAT'ed)."""
+        original = conn.reply.dport
+        lo, hi = (1024, 65535) if original >= 1024 else (600, 1023) if original >= 512 else (1, 511)
+        values: freeports.Ranges = ((lo, hi),)
+        if ip == conn.reply.dst:
+            where = f"a --random NAT port that happens to be the original, {original}"
+            if walk.chooser.choose(1.0 / (hi - lo + 1), where):
+                return original
+            values = freeports.subtract(values, ((original, original),))
+        return walk.free.new(values, prefer=RANDOM_PORT_LABEL, taken=self.used_ports | {original})
 
     def _nexthop_toward(self, ns: NetNS, dst: Addr, dev: Device) -> Addr:
         r = ns.lookup_main(dst)

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from backends.sim import freeports
+from backends.sim.freeports import FreePorts, Ranges
 from backends.sim.iptables import (
     RECENT_PKT_LIST_TOT,
     AddrMatch,
@@ -91,6 +93,7 @@ class HookContext:
     bridged: bool = False
     now: float = 0.0  # seconds, for recent --seconds
     trace: list[str] | None = None  # human-readable steps are appended when not None
+    free: FreePorts | None = None  # the path's randomly picked ports (see backends.sim.freeports)
 
 
 @dataclass(frozen=True)
@@ -138,9 +141,36 @@ def _iface_test(iface: Iface, invert: bool) -> Callable[[str | None], bool]:
     return lambda dev: ((dev or "") == name) != invert
 
 
-def _ports(r: PortRange) -> Callable[[int], bool]:
-    lo, hi, inv = r.lo, r.hi, r.invert
-    return lambda port: (lo <= port <= hi) != inv
+PortTest = Callable[[int, "HookContext"], bool]
+
+
+def _ports(r: PortRange) -> PortTest:
+    return _port_test(((r.lo, r.hi),), r.invert)
+
+
+def _port_test(ranges: Ranges, invert: bool) -> PortTest:
+    """A port test; a port the kernel picked at random is fixed only as far as the test needs (a draw)."""
+    where = "a port picked at random (a client's, or --random NAT) tested against " + ",".join(
+        f"{lo}:{hi}" if lo != hi else str(lo) for lo, hi in ranges
+    )
+    if len(ranges) == 1:
+        ((lo, hi),) = ranges
+
+        def one(port: int, c: HookContext) -> bool:
+            free = c.free
+            if free is not None and port in free.labels:
+                return free.test(port, ranges, c.chooser, where) != invert
+            return (lo <= port <= hi) != invert
+
+        return one
+
+    def many(port: int, c: HookContext) -> bool:
+        free = c.free
+        if free is not None and port in free.labels:
+            return free.test(port, ranges, c.chooser, where) != invert
+        return any(lo <= port <= hi for lo, hi in ranges) != invert
+
+    return many
 
 
 def _net(sel: NetSel) -> Callable[[Addr], bool]:
@@ -221,10 +251,10 @@ def _compile_l4(m: L4Match) -> Pred:
     tests: list[Pred] = [lambda p, c: p.proto == proto]  # a tcp match on udp is simply false
     if m.sport is not None:
         sport = _ports(m.sport)
-        tests.append(lambda p, c: sport(p.sport))
+        tests.append(lambda p, c: sport(p.sport, c))
     if m.dport is not None:
         dport = _ports(m.dport)
-        tests.append(lambda p, c: dport(p.dport))
+        tests.append(lambda p, c: dport(p.dport, c))
     if m.flags_mask is not None:
         fmask, comp, finv = m.flags_mask, m.flags_comp, m.flags_invert
         tests.append(lambda p, c: ((p.tcp_flags & fmask) == comp) != finv)
@@ -232,25 +262,24 @@ def _compile_l4(m: L4Match) -> Pred:
 
 
 def _compile_multiport(m: MultiportMatch) -> Pred:
-    ranges, inv = m.ranges, m.invert
-
-    def hit(port: int) -> bool:
-        return any(lo <= port <= hi for lo, hi in ranges)
-
+    hit, inv = _port_test(freeports.normal(m.ranges), False), m.invert
     if m.which == "src":
-        return lambda p, c: hit(p.sport) != inv
+        return lambda p, c: hit(p.sport, c) != inv
     if m.which == "dst":
-        return lambda p, c: hit(p.dport) != inv
-    return lambda p, c: (hit(p.sport) or hit(p.dport)) != inv
+        return lambda p, c: hit(p.dport, c) != inv
+    return lambda p, c: (hit(p.sport, c) or hit(p.dport, c)) != inv
+
+
+CtTest = Callable[[Packet, Conn, "HookContext"], bool]
 
 
 def _compile_conntrack(m: ConntrackMatch) -> Pred:
     # Order and the no-entry case follow the kernel's conntrack_mt.
     state = m.state
-    tests: list[Callable[[Packet, Conn], bool]] = []
+    tests: list[CtTest] = []
     if m.direction is not None:
         want_reply = m.direction == "REPLY"
-        tests.append(lambda p, ct: p.ct_reply == want_reply)
+        tests.append(lambda p, ct, c: p.ct_reply == want_reply)
     for sel, pick in (
         (m.orig_src, lambda ct: ct.original.src),
         (m.orig_dst, lambda ct: ct.original.dst),
@@ -261,7 +290,7 @@ def _compile_conntrack(m: ConntrackMatch) -> Pred:
             tests.append(_ct_addr(_net(sel), pick))
     if m.proto is not None:
         cproto, pinv = m.proto, m.proto_invert
-        tests.append(lambda p, ct: (ct.original.proto == cproto) != pinv)
+        tests.append(lambda p, ct, c: (ct.original.proto == cproto) != pinv)
     for ports, pickp in (
         (m.orig_sport, lambda ct: ct.original.sport),
         (m.orig_dport, lambda ct: ct.original.dport),
@@ -272,7 +301,7 @@ def _compile_conntrack(m: ConntrackMatch) -> Pred:
             tests.append(_ct_port(_ports(ports), pickp))
     if m.status is not None:
         statuses, sinv = m.status.names, m.status.invert
-        tests.append(lambda p, ct: bool(statuses & ct.status) != sinv)
+        tests.append(lambda p, ct, c: bool(statuses & ct.status) != sinv)
 
     if state is not None and not tests and state.names.isdisjoint(("SNAT", "DNAT")):
         # The common rule (kube-proxy's --ctstate NEW, INVALID, RELATED,ESTABLISHED):
@@ -291,17 +320,17 @@ def _compile_conntrack(m: ConntrackMatch) -> Pred:
         if ct is None:
             # the kernel: without an entry only a --ctstate test can match
             return state is not None
-        return all(t(p, ct) for t in tests)
+        return all(t(p, ct, c) for t in tests)
 
     return conntrack
 
 
-def _ct_addr(test: Callable[[Addr], bool], pick: Callable[[Conn], Addr]) -> Callable[[Packet, Conn], bool]:
-    return lambda p, ct: test(pick(ct))
+def _ct_addr(test: Callable[[Addr], bool], pick: Callable[[Conn], Addr]) -> CtTest:
+    return lambda p, ct, c: test(pick(ct))
 
 
-def _ct_port(test: Callable[[int], bool], pick: Callable[[Conn], int]) -> Callable[[Packet, Conn], bool]:
-    return lambda p, ct: test(pick(ct))
+def _ct_port(test: PortTest, pick: Callable[[Conn], int]) -> CtTest:
+    return lambda p, ct, c: test(pick(ct), c)
 
 
 def _compile_addrtype(m: AddrtypeMatch) -> Pred:

@@ -19,12 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from backends.sim.conntrack import ConntrackTable
+from backends.sim.freeports import EPHEMERAL
 from backends.sim.kernel import Arrived, Kernel, Lost, NetNS, SendError, SimError, Walk
 from backends.sim.netfilter import NetfilterState
 from backends.sim.packet import ANY, Addr, Packet
 from conformance.probes import Observation, Outcome, Probe
 
-CLIENT_PORT = 41000
+CLIENT_PORT = 41000  # how the client's ephemeral port shows (its label), unless a server uses it
 # The segments' flags, built once (a set display is rebuilt on every call).
 SYN, SYN_ACK, ACK = frozenset({"SYN"}), frozenset({"SYN", "ACK"}), frozenset({"ACK"})
 RST_ACK, PSH_ACK = frozenset({"RST", "ACK"}), frozenset({"PSH", "ACK"})
@@ -123,11 +124,21 @@ def run_probe(kernel: Kernel, probe: Probe, walk: Walk) -> Outcome:
     if route.kind == "error":
         return Outcome("refused", reason=f"connect: {route.error}", trace=tuple(walk.trace))
     client_ip = route.src if route.src is not None else dst
+    # The client's port is any of the ephemeral range, fixed only as far as some rule asks (freeports).
+    client = Client(client_ip, walk.free.new((EPHEMERAL,), prefer=CLIENT_PORT, taken=kernel.used_ports | {probe.port}))
     if probe.protocol == "TCP":
-        return _tcp(kernel, probe, dst, walk, ns, client_ip)
+        return _tcp(kernel, probe, dst, walk, ns, client)
     if probe.protocol == "UDP":
-        return _udp(kernel, probe, dst, walk, ns, client_ip)
+        return _udp(kernel, probe, dst, walk, ns, client)
     raise SimError(f"{probe}: {probe.protocol} probes are not modelled by the simulator")
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """The probe's socket: its address, and its port's label (see backends.sim.freeports)."""
+
+    ip: Addr
+    port: int
 
 
 def _fail(verdict: str, reason: str, walk: Walk) -> Outcome:
@@ -141,7 +152,7 @@ def _lost(landing: Lost | SendError, walk: Walk, what: str) -> Outcome:
     return _fail("dropped", f"{what} lost: {landing.reason}", walk)
 
 
-def _client_error(pkt: Packet, at: NetNS, client_ns: NetNS, probe: Probe, client_ip: Addr, walk: Walk) -> Outcome:
+def _client_error(pkt: Packet, at: NetNS, client_ns: NetNS, probe: Probe, client: Client, walk: Walk) -> Outcome:
     """An ICMP error reached a namespace: does it abort our client socket?"""
     inner = pkt.inner
     matches = (
@@ -149,8 +160,8 @@ def _client_error(pkt: Packet, at: NetNS, client_ns: NetNS, probe: Probe, client
         and pkt.icmp_type == 3
         and inner is not None
         and inner.proto == probe.protocol.lower()
-        and inner.sport == CLIENT_PORT
-        and (inner.src == client_ip or probe.protocol == "UDP")
+        and inner.sport == client.port
+        and (inner.src == client.ip or probe.protocol == "UDP")
         and (probe.protocol == "UDP" or (inner.dst == Addr.of(probe.dst) and inner.dport == probe.port))
     )
     if matches:
@@ -159,9 +170,8 @@ def _client_error(pkt: Packet, at: NetNS, client_ns: NetNS, probe: Probe, client
     return _fail("dropped", f"ICMP error {pkt.describe()} reached {at.name} but matches no socket", walk)
 
 
-def _tcp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client_ip: Addr) -> Outcome:
-    syn = Packet(ANY, dst, "tcp", CLIENT_PORT, probe.port, SYN)
-    syn.src = client_ip
+def _tcp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client: Client) -> Outcome:
+    syn = Packet(client.ip, dst, "tcp", client.port, probe.port, SYN)
     landing = kernel.send(walk, ns, syn)
     if isinstance(landing, SendError) and landing.reason.startswith("EPERM"):
         # tcp_connect ignores a local send error and retransmits: a timeout.
@@ -170,8 +180,8 @@ def _tcp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client_
         return _lost(landing, walk, "SYN")
     at, p = landing.netns, landing.pkt
     if p.proto == "icmp":
-        return _client_error(p, at, ns, probe, client_ip, walk)
-    if p.proto == "tcp" and "RST" in p.tcp_flags and _is_ours(landing, ns, client_ip, dst, probe.port):
+        return _client_error(p, at, ns, probe, client, walk)
+    if p.proto == "tcp" and "RST" in p.tcp_flags and _is_ours(landing, ns, client, dst, probe.port):
         # A reset answering our SYN (e.g. REJECT --reject-with tcp-reset on the way).
         return _fail("refused", f"ECONNREFUSED (RST from {p.src})", walk)
     if p.proto != "tcp" or "SYN" not in p.tcp_flags:
@@ -183,10 +193,10 @@ def _tcp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client_
             walk.note(at, f"no listener on tcp port {p.dport}: RST")
         rst = Packet(server_ip, peer_ip, "tcp", server_port, peer_port, RST_ACK)
         back = kernel.send(walk, at, rst)
-        if isinstance(back, Arrived) and _is_ours(back, ns, client_ip, dst, probe.port):
+        if isinstance(back, Arrived) and _is_ours(back, ns, client, dst, probe.port):
             return _fail("refused", f"ECONNREFUSED (RST from {back.pkt.src})", walk)
         if isinstance(back, Arrived) and back.pkt.proto == "icmp":
-            return _client_error(back.pkt, back.netns, ns, probe, client_ip, walk)
+            return _client_error(back.pkt, back.netns, ns, probe, client, walk)
         return _fail("dropped", f"RST from {at.name} did not reach the client as its own", walk)
     if walk.tracing:
         walk.note(at, f"listener {identity} accepts SYN from {peer_ip}:{peer_port}")
@@ -196,7 +206,7 @@ def _tcp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client_
         return _lost(back, walk, "SYN-ACK")
     if back.pkt.proto == "icmp":
         return _fail("dropped", f"SYN-ACK answered by {back.pkt.describe()}", walk)
-    if not _is_ours(back, ns, client_ip, dst, probe.port):
+    if not _is_ours(back, ns, client, dst, probe.port):
         q = back.pkt
         if walk.tracing:
             walk.note(back.netns, f"{q.describe()} matches no connection: answered with RST")
@@ -205,7 +215,7 @@ def _tcp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client_
             f"SYN-ACK reached {back.netns.name} as {q.describe()}, not as a reply from {probe.dst}:{probe.port}",
             walk,
         )
-    ack = Packet(client_ip, dst, "tcp", CLIENT_PORT, probe.port, ACK)
+    ack = Packet(client.ip, dst, "tcp", client.port, probe.port, ACK)
     fwd = kernel.send(walk, ns, ack)
     if not isinstance(fwd, Arrived):
         return _lost(fwd, walk, "ACK")
@@ -216,7 +226,7 @@ def _tcp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client_
     back = kernel.send(walk, at, answer)
     if not isinstance(back, Arrived):
         return _lost(back, walk, "answer")
-    if not _is_ours(back, ns, client_ip, dst, probe.port):
+    if not _is_ours(back, ns, client, dst, probe.port):
         return _fail("dropped", f"answer reached {back.netns.name} as {back.pkt.describe()}", walk)
     return Outcome(
         "delivered",
@@ -228,30 +238,30 @@ def _tcp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client_
     )
 
 
-def _is_ours(landing: Arrived, ns: NetNS, client_ip: Addr, dst: Addr, port: int) -> bool:
+def _is_ours(landing: Arrived, ns: NetNS, client: Client, dst: Addr, port: int) -> bool:
     q = landing.pkt
     return (
         landing.netns is ns
         and q.proto == "tcp"
-        and (q.src, q.sport, q.dst, q.dport) == (dst, port, client_ip, CLIENT_PORT)
+        and (q.src, q.sport, q.dst, q.dport) == (dst, port, client.ip, client.port)
     )
 
 
-def _udp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client_ip: Addr) -> Outcome:
-    dgram = Packet(client_ip, dst, "udp", CLIENT_PORT, probe.port)
+def _udp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client: Client) -> Outcome:
+    dgram = Packet(client.ip, dst, "udp", client.port, probe.port)
     landing = kernel.send(walk, ns, dgram)
     if not isinstance(landing, Arrived):
         return _lost(landing, walk, "datagram")
     at, p = landing.netns, landing.pkt
     if p.proto == "icmp":
-        return _client_error(p, at, ns, probe, client_ip, walk)
+        return _client_error(p, at, ns, probe, client, walk)
     identity = at.listeners.get(("udp", p.dport))
     if identity is None:
         if walk.tracing:
             walk.note(at, f"no listener on udp port {p.dport}: ICMP port unreachable")
         back = kernel.icmp_send(walk, at, p, 3, 3, in_dev=None)
         if isinstance(back, Arrived) and back.pkt.proto == "icmp":
-            return _client_error(back.pkt, back.netns, ns, probe, client_ip, walk)
+            return _client_error(back.pkt, back.netns, ns, probe, client, walk)
         return _fail("dropped", f"no listener on udp {p.dport} in {at.name}; the ICMP error was lost", walk)
     if walk.tracing:
         walk.note(at, f"listener {identity} got a datagram from {p.src}:{p.sport}")
@@ -263,7 +273,7 @@ def _udp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client_
     q = back.pkt
     if q.proto == "icmp":
         return _fail("dropped", f"answer turned into {q.describe()}", walk)
-    if back.netns is not ns or q.proto != "udp" or q.dport != CLIENT_PORT:
+    if back.netns is not ns or q.proto != "udp" or q.dport != client.port:
         return _fail("dropped", f"answer reached {back.netns.name} as {q.describe()}", walk)
     return Outcome(
         "delivered",
