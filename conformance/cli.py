@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import importlib
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -192,7 +194,21 @@ def _check_rules_on_simulator(backends: Sequence[Backend], implementations: Sequ
     for impl in implementations:
         if isinstance(impl, ForeignRuleset):
             for node, path in impl.files.items():
-                compiled_tables(parse_iptables_save(impl.rules[node], source=str(path)))
+                try:
+                    compiled_tables(parse_iptables_save(impl.rules[node], source=str(path)))
+                except RulesetError as e:
+                    _fail(f"--implementation {impl.name}: {e}")
+
+
+# This process's report directories: an interrupted run removes those it left empty.
+_made_run_dirs: list[Path] = []
+
+
+def _forget_empty_run_dirs() -> None:
+    for run_dir in _made_run_dirs:
+        with contextlib.suppress(OSError):  # not empty (a report was written), or already gone
+            run_dir.rmdir()
+    _made_run_dirs.clear()
 
 
 def _run_dir(report_dir: str) -> Path:
@@ -200,7 +216,9 @@ def _run_dir(report_dir: str) -> Path:
     if not report_dir:
         _fail("--report-dir: give a directory")
     try:
-        return new_run_dir(Path(report_dir))
+        run_dir = new_run_dir(Path(report_dir))
+        _made_run_dirs.append(run_dir)
+        return run_dir
     except OSError as e:
         _fail(f"--report-dir {report_dir}: cannot create {e.filename or report_dir}: {e.strerror or e}")
 
@@ -282,13 +300,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         elif r.error is not None:
             print(f"\n{r.spec} on {r.backend}: could not run: {r.error}")
     print("\n" + summarize(results))
-    failed = [r for r in results if not r.passed]
+    failed = [r for r in results if r.failure is not None]
+    errored = [r for r in results if r.failure is None and r.error is not None]
     seeds = sorted({r.seed for r in results})
+    could_not = f", {len(errored)} could not run" if errored else ""
     print(
-        f"\n{len(results) - len(failed)} passed, {len(failed)} failed; seed {', '.join(map(str, seeds))}; "
-        f"report {report.html}"
+        f"\n{len(results) - len(failed) - len(errored)} passed, {len(failed)} failed{could_not}; "
+        f"seed {', '.join(map(str, seeds))}; report {report.html}"
     )
-    return 1 if failed else 0
+    # A broken promise is a finding (1); a spec that could not run at all (a plugin's ADD failed, say) is not (2).
+    return 1 if failed else 2 if errored else 0
 
 
 def cmd_mutants(args: argparse.Namespace) -> int:
@@ -342,8 +363,9 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     print(
         f"\n{caught} of {len(names) - 1} broken implementations caught per backend x {len(backends)}; problems: {bad}"
     )
+    print(f"each cell's rerun command, with its seed, is in {report.results_json}")
     print(f"report {report.html}")
-    return 1 if bad or errors else 0
+    return 1 if bad else 2 if errors else 0
 
 
 def _load_case_for(path: str, impl: Implementation) -> Case:
@@ -466,9 +488,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
             predictor, backend, impl, examples=args.examples, seed=args.seed, cases=cases, on_example=progress.step
         )
         comparisons.append(r)
-        progress.finish("agree" if r.passed else ("DISAGREE" if r.disagreement else "ERROR"))
+        verdict = "agree" if r.passed else ("DISAGREE" if r.disagreement else "ERROR")
+        progress.finish(verdict)
         rate = r.examples / r.seconds if r.seconds else 0.0
-        print(f"{r.examples} examples in {r.seconds:.1f}s ({rate:.1f}/s), seed {r.seed}")
+        print(
+            f"{backend.name} against {predictor.name}, {impl.name}: {verdict} "
+            f"({r.examples} examples in {r.seconds:.1f}s, {rate:.1f}/s, seed {r.seed})"
+        )
         if r.disagreement is not None:
             failed += 1
             print("\n" + r.disagreement.render())
@@ -630,13 +656,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         f" describes; judged by {', '.join(FIXED_PROBES)} (probes drawn within that cluster)"
     )
     print("backends:")
-    for name in backend_names():
+    names = backend_names()
+    width = max(len(n) for n in names)
+    for name in names:
         try:
             get_backend(name).preflight()
             state = "available"
         except (BackendUnavailable, KeyError) as e:
             state = f"unavailable: {e}"
-        print(f"  {name:<8} {state}")
+        print(f"  {name:<{width}}  {state}")
     return 0
 
 
@@ -752,11 +780,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Terminated as e:
         print(f"netconformance: terminated by {e.name}; tearing down what this run built", file=sys.stderr)
+        _forget_empty_run_dirs()
         return e.exit_code
     except KeyboardInterrupt:
         print("netconformance: interrupted", file=sys.stderr)
+        _forget_empty_run_dirs()
         return 130
 
 
+def _hypothesis_home() -> Path:
+    """Where Hypothesis keeps its caches for the command: the user's cache directory, not `.hypothesis/` in
+    whatever directory the command runs in (HYPOTHESIS_STORAGE_DIRECTORY, if set, still wins)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY") or Path(cache) / "netconformance" / "hypothesis")
+
+
+def entry() -> int:
+    """The `netconformance` command (main() is also called in-process, by tests, and leaves Hypothesis alone)."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    set_hypothesis_home_dir(_hypothesis_home())
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

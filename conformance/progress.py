@@ -1,19 +1,35 @@
-"""A small progress bar on stderr: redrawn in place on a terminal, quiet in CI logs."""
+"""A small progress bar on stderr: redrawn in place on a terminal; in a CI log, a line every half minute.
+
+A log cannot be redrawn, and a bar's worth of lines would drown it, but a step that says nothing for minutes
+looks hung: so off a terminal a step that is still running says how far it got every LOG_EVERY seconds.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
+
+LOG_EVERY = 30.0  # seconds between lines off a terminal
 
 
 class Progress:
-    def __init__(self, label: str, total: int, *, stream: TextIO | None = None, width: int = 30) -> None:
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        *,
+        stream: TextIO | None = None,
+        width: int = 30,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.label, self.total, self.width = label, max(total, 1), width
         self.stream = stream if stream is not None else sys.stderr
         self.tty = self.stream.isatty()
         self.done = 0
-        self.start = time.perf_counter()
+        self.clock = clock
+        self.start = self._last_log = clock()
         self._last_draw = 0.0
         self._draw(force=True)
 
@@ -23,8 +39,13 @@ class Progress:
 
     def _draw(self, *, force: bool = False) -> None:
         if not self.tty:
+            now = self.clock()
+            if now - self._last_log >= LOG_EVERY:
+                self._last_log = now
+                self.stream.write(f"{self.label}: {self.done}/{self.total} examples, {now - self.start:.0f}s\n")
+                self.stream.flush()
             return
-        now = time.perf_counter()
+        now = self.clock()
         if not force and now - self._last_draw < 0.05:
             return
         self._last_draw = now
@@ -35,7 +56,7 @@ class Progress:
         self.stream.flush()
 
     def finish(self, status: str) -> None:
-        took = time.perf_counter() - self.start
+        took = self.clock() - self.start
         line = f"{self.label:<40} {status} ({self.done} examples, {took:.1f}s)"
         if self.tty:
             self.stream.write("\r" + " " * (self.width + 60) + "\r")

@@ -297,8 +297,9 @@ def replay_sampled(
 
 
 def summarize(results: Sequence[SpecResult]) -> str:
-    rows = [("spec", "backend", "implementation", "result", "examples", "seconds")]
+    # Each row's own seed: `run --spec S --backend B --implementation I --seed N` reruns exactly that row.
+    rows = [("spec", "backend", "implementation", "result", "examples", "seconds", "seed")]
     for r in results:
-        rows.append((r.spec, r.backend, r.implementation, r.status, str(r.examples), f"{r.seconds:.1f}"))
+        rows.append((r.spec, r.backend, r.implementation, r.status, str(r.examples), f"{r.seconds:.1f}", str(r.seed)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows)

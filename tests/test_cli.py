@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -12,11 +15,16 @@ import pytest
 
 from backends import BackendUnavailable
 from backends.netns import NetnsBackend
+from backends.netns.build import BuildError
+from conformance import cli
 from conformance.cases import Case, dump_case
 from conformance.cli import main
+from conformance.dataplane import Dataplane
 from conformance.probes import Probe
 from conformance.pytest_plugin import _backend_option
 from conformance.strategies import classic_scenario
+
+from scripted import Scripted
 
 TRACE_REST = ["--from", "pod", "--src", "10.244.1.11", "--dst", "10.96.0.10", "--dport", "80"]
 
@@ -26,6 +34,8 @@ def test_run_reference_passes_and_writes_results(tmp_path: Path, capsys: pytest.
     out = capsys.readouterr().out
     assert code == 0
     assert "1 passed, 0 failed; seed 5" in out
+    summary = next(line for line in out.splitlines() if line.startswith("hairpin "))
+    assert summary.split()[-1] == "5"  # each row's own seed
     (run_dir,) = tmp_path.iterdir()
     (row,) = json.loads((run_dir / "results.json").read_text())["results"]
     assert (row["spec"], row["implementation"], row["status"]) == ("hairpin", "reference", "pass")
@@ -278,7 +288,7 @@ def test_bad_probe_timeout_in_the_environment_names_the_variable(
     assert "NETCONFORMANCE_PROBE_TIMEOUT='abc': expected a number of seconds greater than 0" in capsys.readouterr().err
     monkeypatch.setenv("NETCONFORMANCE_PROBE_TIMEOUT", "-1")
     assert main(["list"]) == 0
-    assert "netns    unavailable: NETCONFORMANCE_PROBE_TIMEOUT='-1'" in capsys.readouterr().out
+    assert "  netns         unavailable: NETCONFORMANCE_PROBE_TIMEOUT='-1'" in capsys.readouterr().out
 
 
 def test_image_help_reaches_the_image_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -309,6 +319,13 @@ def test_mutants_table_marks_every_broken_implementation(capsys: pytest.CaptureF
     assert "dnat-ip-only" in out and "NOT CAUGHT by the specs run (hairpin, accept-local)" in out
     row = next(line for line in out.splitlines() if line.startswith("hairpin-mode-off"))
     assert row.count("x") == 2
+    rerun = next(line for line in out.splitlines() if line.startswith("each cell's rerun command"))
+    (cell,) = [
+        r
+        for r in json.loads(Path(rerun.rsplit(" ", 1)[1]).read_text())["results"]
+        if r["implementation"] == "hairpin-mode-off" and r["spec"] == "hairpin"
+    ]
+    assert cell["rerun"].endswith("--seed 2 --examples 15")
 
 
 @pytest.mark.parametrize(
@@ -332,3 +349,45 @@ def test_snapshot_refuses_an_empty_scenario_before_any_work(tmp_path: Path, caps
     assert main(["snapshot", "--out", str(tmp_path / "s.json"), "--scenario", ""]) == 2
     assert "--scenario: give a scenario file" in capsys.readouterr().err
     assert not (tmp_path / "s.json").exists()
+
+
+def test_the_command_keeps_hypothesis_out_of_the_working_directory(tmp_path: Path) -> None:
+    # Hypothesis caches what it learns; the command puts that in the user's cache, not in `.hypothesis/` wherever
+    # the command happens to run.
+    work, cache = tmp_path / "work", tmp_path / "cache"
+    work.mkdir()
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    env.pop("HYPOTHESIS_STORAGE_DIRECTORY", None)
+    argv = ["run", "--spec", "hairpin", "--examples", "3", "--report-dir", str(tmp_path / "r")]
+    done = subprocess.run([sys.executable, "-m", "conformance.cli", *argv], cwd=work, env=env, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()
+    assert list(work.iterdir()) == []
+    assert (cache / "netconformance" / "hypothesis").is_dir()
+
+
+@dataclass
+class CannotBuild(Scripted):
+    """A backend whose every deployment fails, as a CNI plugin's ADD can."""
+
+    name: str = "cannot-build"
+
+    def deploy(self, dataplane: Dataplane) -> None:
+        raise BuildError("bridge: failed to allocate all requested IPs: 10.244.1.10")
+
+
+def test_a_spec_that_could_not_run_is_exit_2_not_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_get_backend = cli.get_backend
+    monkeypatch.setattr(
+        cli, "get_backend", lambda name: CannotBuild() if name == "cannot-build" else real_get_backend(name)
+    )
+    argv = ["run", "--spec", "hairpin", "--examples", "5", "--seed", "1", "--report-dir", str(tmp_path)]
+    assert main([*argv, "--backend", "cannot-build"]) == 2
+    out = capsys.readouterr().out
+    assert "hairpin on cannot-build: could not run: BuildError: bridge: failed to allocate" in out
+    assert "0 passed, 0 failed, 1 could not run; seed 1" in out
+    # A failure elsewhere in the same run is a finding: exit 1.
+    argv += ["--implementation", "hairpin-mode-off"]
+    assert main([*argv, "--backend", "sim,cannot-build"]) == 1
+    assert "0 passed, 1 failed, 1 could not run" in capsys.readouterr().out

@@ -84,6 +84,7 @@ def test_a_disagreement_prints_the_command_that_replays_it(
     argv = ["compare", "--backends", "sim,scripted", "--examples", "5", "--seed", "3"]
     assert cli.main([*argv, "--report-dir", str(tmp_path)]) == 1
     out = capsys.readouterr().out
+    assert "scripted against sim, reference: DISAGREE (" in out  # on stdout, not only in the progress line
     command = out.split("replay it on both backends:\n", 1)[1].splitlines()[0].strip()
     words = shlex.split(command)
     assert words[:6] == ["netconformance", "compare", "--backends", "sim,scripted", "--implementation", "reference"]

@@ -217,6 +217,8 @@ def test_sigterm_mid_run_tears_down(how: str, privileged: None, tmp_path: Path) 
     assert message in done.output and "Traceback" not in done.output and "Exception ignored" not in done.output
     assert not [n for n in _netns_names() if n.startswith(f"nc-{done.run_id}-")]
     assert not (records.STATE_DIR / f"{done.run_id}.json").exists()
+    if "conformance.cli" in args:
+        assert list(tmp_path.iterdir()) == []  # no empty report directory either
 
 
 def _policy_probes() -> list[Probe]:
