@@ -32,6 +32,7 @@ from conformance.compare import CompareResult, agrees, replay_comparison, run_co
 from conformance.implementations import (
     CNI_PLUGIN_IMPLEMENTATIONS,
     CONFLIST,
+    DATAPLANE,
     IMPLEMENTATIONS,
     REFERENCE,
     RULES,
@@ -42,6 +43,7 @@ from conformance.implementations import (
 )
 from conformance.implementations.cniplugins import CniPlugins
 from conformance.implementations.foreign import (
+    DATAPLANE_FORM,
     FIXED_PROBES,
     RULES_FORM,
     ForeignRuleset,
@@ -122,10 +124,11 @@ def _implementations(names: str) -> list[Implementation]:
     for name in chosen:
         if name.startswith(CONFLIST) and not name[len(CONFLIST) :]:
             _fail(f"--implementation {name}: give the path of a .conflist after {CONFLIST}")
-        if not name.startswith((CONFLIST, RULES)) and name not in known:
+        if not name.startswith((CONFLIST, RULES, DATAPLANE)) and name not in known:
             _fail(
                 f"--implementation {name}: unknown (known: {', '.join(known)};"
-                f" or {CONFLIST}PATH for your own CNI plugins, {RULES_FORM} for your proxy's rules)"
+                f" or {CONFLIST}PATH for your own CNI plugins, {RULES_FORM} for your proxy's rules,"
+                f" {DATAPLANE_FORM} for a snapshot)"
             )
         try:
             out.append(get_implementation(name))
@@ -654,6 +657,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(
         f"  {RULES + 'SCENARIO.yaml:NODE=RULES[+NODE=RULES...]'}  iptables-save files for the cluster the scenario"
         f" describes; judged by {', '.join(FIXED_PROBES)} (probes drawn within that cluster)"
+    )
+    print("a snapshot (sim, netns, docker):")
+    print(
+        f"  {DATAPLANE + 'SCENARIO.yaml:SNAPSHOT.json'}  what `snapshot --out` read back from live namespaces,"
+        f" for the cluster it was taken of; judged by {', '.join(FIXED_PROBES)}"
     )
     print("backends:")
     names = backend_names()

@@ -20,8 +20,10 @@ from conformance import cli
 from conformance.cases import Case, dump_case
 from conformance.cli import main
 from conformance.dataplane import Dataplane
+from conformance.implementations import get_implementation
 from conformance.probes import Probe
 from conformance.pytest_plugin import _backend_option
+from conformance.snapshot import dump_dataplane
 from conformance.strategies import classic_scenario
 
 from scripted import Scripted
@@ -200,6 +202,17 @@ NEEDS_NETNS = pytest.mark.skipif(_WHY_NOT_NETNS is not None, reason=f"netns: {_W
             ["replay", "hairpin.yaml", "--spec", "hairpin", "--implementation", "rules:pol.yaml:node-1=rules"],
             "hairpin.yaml: its cluster (scenario 'classic') is not the one rules:pol.yaml:node-1=rules was made for",
         ),
+        # A snapshot file, and the cluster it was taken of.
+        (["run", "--implementation", "dataplane:case.yaml"], "expected dataplane:SCENARIO.yaml:SNAPSHOT.json"),
+        (
+            ["run", "--implementation", "dataplane:case.yaml:nope.json"],
+            "dataplane:case.yaml:nope.json: nope.json: cannot read",
+        ),
+        (["run", "--implementation", "dataplane:case.yaml:case.yaml"], "case.yaml: not JSON/YAML"),
+        (
+            ["run", "--implementation", "dataplane:pol.yaml:dp.json"],
+            "dp.json: has no pod default/web, pod default/db, pod other/client ... of scenario 'policies' (pol.yaml)",
+        ),
         (
             ["run", "--implementation", "rules:case.yaml:node-1=rules", "--spec", "hairpin,policy"],
             "--spec policy: cannot judge rules:case.yaml:node-1=rules: its rules realise one cluster",
@@ -234,6 +247,7 @@ def test_bad_arguments_exit_2_without_traceback(
         "*filter\n:INPUT ACCEPT [0:0]\n# the second rule\n-A INPUT -p udp -j ACCEPT\n"
         "-A INPUT -p tcp -j DNAT --to-destination 10.0.0.1\n-A INPUT -j ACCEPT\nCOMMIT\n"
     )
+    (tmp_path / "dp.json").write_text(dump_dataplane(get_implementation("reference").render(classic_scenario())))
     hairpin = Probe("pod:default/pod-b", IPv4Address("10.96.0.100"), 80, "TCP")
     (tmp_path / "hairpin.yaml").write_text(dump_case(Case(classic_scenario(), (hairpin,))))
     classic = (Path(__file__).parent / "scenarios" / "classic.yaml").read_text()

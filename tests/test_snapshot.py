@@ -188,6 +188,41 @@ def test_rules_the_simulator_once_got_wrong_agree_with_the_kernel(
 # -- no privileges needed ------------------------------------------------------------
 
 
+def test_a_snapshot_file_is_an_implementation_of_its_cluster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What `snapshot --out` writes, named with the cluster it was taken of, runs the specs that fit a fixed cluster.
+    scenario = tmp_path / "classic.yaml"
+    scenario.write_text((Path(__file__).parent / "scenarios" / "classic.yaml").read_text())
+    for name in ("reference", "hairpin-mode-off"):
+        (tmp_path / f"{name}.json").write_text(dump_dataplane(get_implementation(name).render(classic_scenario())))
+    argv = ["run", "--examples", "20", "--seed", "3", "--report-dir", str(tmp_path / "runs")]
+    assert main([*argv, "--implementation", f"dataplane:{scenario}:{tmp_path / 'reference.json'}"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines() if "dataplane:" in line and " pass " in line] == [
+        "connectivity",
+        "dnat",
+        "hairpin",
+    ]
+    assert (
+        main(
+            [
+                *argv,
+                "--spec",
+                "hairpin",
+                "--implementation",
+                f"dataplane:{scenario}:{tmp_path / 'hairpin-mode-off.json'}",
+            ]
+        )
+        == 1
+    )
+    out = capsys.readouterr().out
+    replay = shlex.split(
+        next(line for line in out.splitlines() if line.startswith("reproduce: "))[len("reproduce: ") :]
+    )
+    assert main(replay[1:]) == 1  # the printed command rebuilds the implementation from its name
+
+
 def test_foreign_ruleset_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A proxy author's flow: `run --implementation rules:SCENARIO:NODE=FILE`, then the printed replay."""
     name = f"rules:{RULES_SCENARIO}:node-1={RULES}"

@@ -13,7 +13,14 @@ from typing import Protocol
 from conformance.dataplane import Dataplane
 from conformance.implementations.broken import BROKEN
 from conformance.implementations.cniplugins import CNI_IMPLEMENTATIONS, ConflistError, from_file
-from conformance.implementations.foreign import RULES, RULES_FORM, from_name
+from conformance.implementations.foreign import (
+    DATAPLANE,
+    DATAPLANE_FORM,
+    RULES,
+    RULES_FORM,
+    dataplane_from_name,
+    from_name,
+)
 from conformance.implementations.reference import REFERENCE_IMPLEMENTATION
 from conformance.model import Scenario
 
@@ -48,15 +55,19 @@ CONFLIST = "conflist:"
 
 
 def get_implementation(name: str) -> Implementation:
-    """A registered implementation, `conflist:PATH` or `rules:SCENARIO:NODE=FILE...` (ConflistError and
-    ForeignScenarioError when their files cannot be used)."""
+    """A registered implementation, `conflist:PATH`, `rules:SCENARIO:NODE=FILE...` or `dataplane:SCENARIO:FILE`
+    (ConflistError and ForeignScenarioError when their files cannot be used)."""
     if name.startswith(CONFLIST):
         return from_file(Path(name[len(CONFLIST) :]), name=name)
     if name.startswith(RULES):
         return from_name(name)
+    if name.startswith(DATAPLANE):
+        return dataplane_from_name(name)
     found = IMPLEMENTATIONS.get(name) or CNI_PLUGIN_IMPLEMENTATIONS.get(name)
     if found is None:
-        valid = ", ".join([*IMPLEMENTATIONS, *CNI_PLUGIN_IMPLEMENTATIONS, f"{CONFLIST}PATH", RULES_FORM])
+        valid = ", ".join(
+            [*IMPLEMENTATIONS, *CNI_PLUGIN_IMPLEMENTATIONS, f"{CONFLIST}PATH", RULES_FORM, DATAPLANE_FORM]
+        )
         raise KeyError(f"unknown implementation {name!r}; valid names: {valid}")
     return found
 
@@ -70,6 +81,7 @@ def broken_implementations(*, cni_plugins: bool = False) -> tuple[Implementation
 __all__ = [
     "CNI_PLUGIN_IMPLEMENTATIONS",
     "CONFLIST",
+    "DATAPLANE",
     "IMPLEMENTATIONS",
     "REFERENCE",
     "RULES",

@@ -171,17 +171,44 @@ class FixedDataplane:
         return self.dataplane
 
 
-def from_snapshot(dataplane_file: Path, scenario: Path) -> FixedDataplane:
-    """`netconformance snapshot` output and the scenario it was taken for."""
-    from conformance.snapshot import load_dataplane  # late: snapshot imports nothing of this module
+def from_snapshot(dataplane_file: Path, scenario: Path, *, name: str | None = None) -> FixedDataplane:
+    """`netconformance snapshot` output and the scenario it was taken for (ForeignScenarioError when the file
+    cannot be read as a Dataplane, or was taken for another cluster)."""
+    from conformance.snapshot import DataplaneFormatError, load_dataplane
 
-    dataplane = load_dataplane(dataplane_file.read_text(), str(dataplane_file))
+    text = read_text(dataplane_file)
+    try:
+        dataplane = load_dataplane(text, str(dataplane_file))
+    except DataplaneFormatError as e:
+        raise ForeignScenarioError(str(e)) from None
+    s = load_scenario(scenario)
+    sources = dict(dataplane.sources)
+    missing = [f"pod {p.ref}" for p in s.pods if f"pod:{p.ref}" not in sources]
+    missing += [f"node {n.name}" for n in s.nodes if f"node:{n.name}" not in sources]
+    if missing:
+        raise ForeignScenarioError(
+            f"{dataplane_file}: has no {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} of scenario "
+            f"{s.name!r} ({scenario}): was it taken for another scenario? (snapshot --scenario names it)"
+        )
     return FixedDataplane(
-        name=f"dataplane:{dataplane_file.name}",
+        name=name or f"{DATAPLANE}{scenario}:{dataplane_file}",
         description=f"the Dataplane in {dataplane_file} ({dataplane.implementation or 'no implementation named'})",
         dataplane=dataplane,
-        scenario=load_scenario(scenario),
+        scenario=s,
     )
+
+
+# A snapshot file from the command line: `dataplane:SCENARIO:FILE` names it, as `rules:` names a proxy's rules.
+DATAPLANE = "dataplane:"
+DATAPLANE_FORM = f"{DATAPLANE}SCENARIO.yaml:SNAPSHOT.json, e.g. {DATAPLANE}cluster.yaml:node.json"
+
+
+def dataplane_from_name(name: str) -> FixedDataplane:
+    """The implementation a `dataplane:...` name describes; errors are ForeignScenarioError (a ScenarioError)."""
+    scenario, sep, path = name[len(DATAPLANE) :].partition(":")
+    if not name.startswith(DATAPLANE) or not sep or not scenario or not path:
+        raise ForeignScenarioError(f"expected {DATAPLANE_FORM}")
+    return from_snapshot(Path(path), Path(scenario), name=name)
 
 
 def fixed_scenario(implementation: object) -> Scenario | None:
