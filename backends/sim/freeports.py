@@ -87,6 +87,12 @@ class FreePorts:
     def test(self, label: int, ranges: Ranges, chooser: Chooser, where: str) -> bool:
         """Is the labelled port in `ranges`? A draw when some of its values are and some are not."""
         values = self.labels[label]
+        if len(values) == 1 and len(ranges) == 1:  # the common case, without building sets
+            (vlo, vhi), (rlo, rhi) = values[0], ranges[0]
+            if rhi < vlo or rlo > vhi:
+                return False
+            if rlo <= vlo and vhi <= rhi:
+                return True
         inside = intersect(values, ranges)
         if not inside:
             return False

@@ -377,6 +377,7 @@ class Kernel:
         # conntrack hooks, match state (nth, recent) needs rules.
         self.stateful_namespaces = tuple(ns for ns in self.namespaces.values() if ns.tracks or ns.ruleset is not None)
         # Port numbers real packets carry (servers, NAT targets): a random port's label must be none of them.
+        self._in_use: dict[int, frozenset[int]] = {}
         self.used_ports = frozenset(
             {port for ns in self.namespaces.values() for _, port in ns.listeners}
             | {
@@ -389,6 +390,13 @@ class Kernel:
                 if isinstance(rule.target, NatTarget) and rule.target.port is not None
             }
         )
+
+    def ports_in_use(self, port: int) -> frozenset[int]:
+        """used_ports and one more (a probe's destination port), built once per port."""
+        taken = self._in_use.get(port)
+        if taken is None:
+            taken = self._in_use[port] = self.used_ports | {port}
+        return taken
 
     def source_namespace(self, source: str) -> NetNS:
         """The namespace a probe source's socket lives in (Dataplane.source_netns, by dict)."""

@@ -125,7 +125,7 @@ def run_probe(kernel: Kernel, probe: Probe, walk: Walk) -> Outcome:
         return Outcome("refused", reason=f"connect: {route.error}", trace=tuple(walk.trace))
     client_ip = route.src if route.src is not None else dst
     # The client's port is any of the ephemeral range, fixed only as far as some rule asks (freeports).
-    client = Client(client_ip, walk.free.new((EPHEMERAL,), prefer=CLIENT_PORT, taken=kernel.used_ports | {probe.port}))
+    client = Client(client_ip, walk.free.new((EPHEMERAL,), prefer=CLIENT_PORT, taken=kernel.ports_in_use(probe.port)))
     if probe.protocol == "TCP":
         return _tcp(kernel, probe, dst, walk, ns, client)
     if probe.protocol == "UDP":
@@ -133,7 +133,7 @@ def run_probe(kernel: Kernel, probe: Probe, walk: Walk) -> Outcome:
     raise SimError(f"{probe}: {probe.protocol} probes are not modelled by the simulator")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Client:
     """The probe's socket: its address, and its port's label (see backends.sim.freeports)."""
 
