@@ -13,7 +13,7 @@ import pytest
 
 from backends.sim.conntrack import ConntrackTable, bind, nat_packet, track
 from backends.sim.kernel import Arrived, Kernel, Lost, NetNS, Walk
-from backends.sim.packet import Addr, Packet
+from backends.sim.packet import Addr, Conn, Packet
 from backends.sim.probing import CLIENT_PORT, ScriptedChooser, observe
 from conformance.dataplane import Dataplane, Link, Listener, NetnsConfig, Route
 from conformance.model import Protocol
@@ -144,13 +144,18 @@ def test_fin_without_a_connection_is_invalid() -> None:
     assert pkt.ctstate == "INVALID"
 
 
-def test_the_handshakes_last_ack_marks_a_tcp_connection_assured() -> None:
-    table = ConntrackTable()
+def opened(table: ConntrackTable) -> Conn:
+    """A TCP connection whose SYN went through: tracked, confirmed."""
     syn = tcp("10.0.0.2", "10.1.0.2", 41000, 8080, "SYN")
     track(table, syn)
     assert syn.ct is not None
     table.confirm(syn.ct)
-    conn = syn.ct
+    return syn.ct
+
+
+def test_the_handshakes_last_ack_marks_a_tcp_connection_assured() -> None:
+    table = ConntrackTable()
+    conn = opened(table)
     syn_ack = tcp("10.1.0.2", "10.0.0.2", 8080, 41000, "SYN", "ACK")
     track(table, syn_ack)
     assert "SEEN_REPLY" in conn.status and "ASSURED" not in conn.status  # the reply itself does not assure
@@ -161,13 +166,10 @@ def test_the_handshakes_last_ack_marks_a_tcp_connection_assured() -> None:
 
 def test_a_refused_or_unanswered_connection_is_never_assured() -> None:
     table = ConntrackTable()
-    syn = tcp("10.0.0.2", "10.1.0.2", 41000, 8080, "SYN")
-    track(table, syn)
-    assert syn.ct is not None
-    table.confirm(syn.ct)
+    conn = opened(table)
     track(table, tcp("10.0.0.2", "10.1.0.2", 41000, 8080, "SYN"))  # a retransmission
     track(table, tcp("10.1.0.2", "10.0.0.2", 8080, 41000, "RST", "ACK"))
-    assert "ASSURED" not in syn.ct.status
+    assert "ASSURED" not in conn.status
     udp = Packet(sim(CLIENT), sim(SERVER), "udp", 41000, 8080)
     track(table, udp)
     assert udp.ct is not None

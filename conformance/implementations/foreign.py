@@ -97,11 +97,17 @@ RULES = "rules:"
 RULES_FORM = f"{RULES}SCENARIO.yaml:NODE=RULES[+NODE=RULES...], e.g. {RULES}cluster.yaml:node-1=node-1.rules"
 
 
+def _scenario_and_rest(name: str, prefix: str, form: str) -> tuple[str, str]:
+    """PREFIX SCENARIO : REST, both parts present (names split at the first colon after the prefix)."""
+    scenario, sep, rest = name[len(prefix) :].partition(":")
+    if not name.startswith(prefix) or not sep or not scenario or not rest:
+        raise ForeignScenarioError(f"expected {form}")
+    return scenario, rest
+
+
 def from_name(name: str) -> ForeignRuleset:
     """The implementation a `rules:...` name describes; errors are ForeignScenarioError (a ScenarioError)."""
-    scenario, sep, pairs = name[len(RULES) :].partition(":")
-    if not name.startswith(RULES) or not sep or not scenario or not pairs:
-        raise ForeignScenarioError(f"expected {RULES_FORM}")
+    scenario, pairs = _scenario_and_rest(name, RULES, RULES_FORM)
     rules: dict[str, Path] = {}
     for item in pairs.split("+"):
         node, eq, path = item.partition("=")
@@ -205,9 +211,7 @@ DATAPLANE_FORM = f"{DATAPLANE}SCENARIO.yaml:SNAPSHOT.json, e.g. {DATAPLANE}clust
 
 def dataplane_from_name(name: str) -> FixedDataplane:
     """The implementation a `dataplane:...` name describes; errors are ForeignScenarioError (a ScenarioError)."""
-    scenario, sep, path = name[len(DATAPLANE) :].partition(":")
-    if not name.startswith(DATAPLANE) or not sep or not scenario or not path:
-        raise ForeignScenarioError(f"expected {DATAPLANE_FORM}")
+    scenario, path = _scenario_and_rest(name, DATAPLANE, DATAPLANE_FORM)
     return from_snapshot(Path(path), Path(scenario), name=name)
 
 
