@@ -661,7 +661,10 @@ class Kernel:
             where = f"a --random NAT port that happens to be the original, {original}"
             if walk.chooser.choose(1.0 / (hi - lo + 1), where):
                 return original
-            values = freeports.subtract(values, ((original, original),))
+            if original not in walk.free.labels:
+                # A labelled original (a client's port) is not that number but any of its values: then the
+                # range stays whole, a superset by one port, so no outcome is lost.
+                values = freeports.subtract(values, ((original, original),))
         return walk.free.new(values, prefer=RANDOM_PORT_LABEL, taken=self.used_ports | {original})
 
     def _nexthop_toward(self, ns: NetNS, dst: Addr, dev: Device) -> Addr:
