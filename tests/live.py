@@ -147,9 +147,14 @@ class Terminated:
 
 
 def terminate_once_started(
-    args: Sequence[str], started: Callable[[], str | None], *, env: dict[str, str] | None = None, timeout: float = 120
+    args: Sequence[str],
+    started: Callable[[int], str | None],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
 ) -> Terminated:
-    """Start `python args...`, wait until `started()` names the run it built, send SIGTERM, and wait for the end."""
+    """Start `python args...`, wait until `started(its pid)` names the run it built, send SIGTERM, and wait for the
+    end. (The pid keeps another run on the same machine, started meanwhile, from passing for this one.)"""
     child = subprocess.Popen(
         [sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -157,7 +162,7 @@ def terminate_once_started(
         run_id, deadline = None, time.monotonic() + timeout
         while run_id is None and time.monotonic() < deadline:
             assert child.poll() is None, child.communicate()
-            run_id = started()
+            run_id = started(child.pid)
             time.sleep(0.05)
         assert run_id is not None, f"the run built nothing within {timeout:.0f} s"
         child.send_signal(signal.SIGTERM)

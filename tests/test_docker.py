@@ -297,7 +297,7 @@ def test_sigterm_mid_run_tears_down(available: None, tmp_path: Path) -> None:
     flt = {"label": common.RUN_LABEL}
     before = {c.labels.get(common.RUN_LABEL) for c in client.containers.list(all=True, filters=flt)}
 
-    def started() -> str | None:
+    def started(_pid: int) -> str | None:
         # A node or the underlay, not the preflight's trial container: the run is building its dataplane.
         running = client.containers.list(filters=flt)
         new = {c.labels[common.RUN_LABEL] for c in running if c.labels.get(common.ROLE_LABEL) != "preflight"}

@@ -198,16 +198,25 @@ TERMINATED_RUNS = {
 }
 
 
+def _record_pid(path: Path) -> int | None:
+    try:
+        return records.load(path).pid
+    except (OSError, ValueError, KeyError):  # being written, or gone again
+        return None
+
+
 @pytest.mark.parametrize("how", list(TERMINATED_RUNS))
 def test_sigterm_mid_run_tears_down(how: str, privileged: None, tmp_path: Path) -> None:
     """A cancelled CI job's SIGTERM: the run unwinds, removes exactly its namespaces and says so."""
     args, code, message = TERMINATED_RUNS[how]
     before = set(records.STATE_DIR.glob("*.json")) if records.STATE_DIR.is_dir() else set()
 
-    def started() -> str | None:
-        # The record is written before anything is created; then wait for its namespaces.
+    def started(pid: int) -> str | None:
+        # The record is written before anything is created; then wait for its namespaces. Only this child's
+        # record: a run of someone else's meanwhile must not pass for it (seen once: SIGTERM then came too early).
         new = set(records.STATE_DIR.glob("*.json")) - before if records.STATE_DIR.is_dir() else set()
-        run_id = next(iter(new)).stem if len(new) == 1 else None
+        ours = [path for path in new if _record_pid(path) == pid]
+        run_id = ours[0].stem if len(ours) == 1 else None
         return run_id if run_id and any(n.startswith(f"nc-{run_id}-") for n in _netns_names()) else None
 
     env = {**os.environ, "NETCONFORMANCE_REPORT_DIR": str(tmp_path)}
