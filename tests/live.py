@@ -84,16 +84,24 @@ CLASSIC_PROBES = [
 def with_rules(
     rules: str, *, netns: str = "pod-default-pod-b", table: str = "filter", scenario: Scenario | None = None
 ) -> Dataplane:
-    """The reference dataplane of `scenario` (the classic one), with one more table in one namespace: by default
-    pod-b's filter table."""
+    """The reference dataplane of `scenario` (the classic one), with `rules` in one table of one namespace (by
+    default pod-b's filter table): first in their chains when the table is there (as `iptables -I`), else in a
+    table of their own."""
     dataplane = get_implementation("reference").render(scenario or classic_scenario())
     chains = "".join(f":{chain} ACCEPT [0:0]\n" for chain in BUILTIN_CHAINS[table])
-    block = f"*{table}\n{chains}{rules}COMMIT\n"
     namespaces = []
     for ns in dataplane.namespaces:
         if ns.name == netns:
-            assert f"*{table}\n" not in ns.iptables, f"{netns} already has a {table} table"
-            ns = dataclasses.replace(ns, iptables=ns.iptables + block)
+            head = f"*{table}\n"
+            if head in ns.iptables:
+                start = ns.iptables.index(head)
+                end = ns.iptables.index("COMMIT\n", start)
+                first = ns.iptables.find("\n-A ", start, end)
+                at = end if first < 0 else first + 1  # before the table's first rule
+                text = ns.iptables[:at] + rules + ns.iptables[at:]
+            else:
+                text = ns.iptables + f"{head}{chains}{rules}COMMIT\n"
+            ns = dataclasses.replace(ns, iptables=text)
         namespaces.append(ns)
     return dataclasses.replace(dataplane, namespaces=tuple(namespaces))
 

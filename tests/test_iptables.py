@@ -342,6 +342,13 @@ def test_unknown_target_or_undeclared_chain() -> None:
     assert e.line == 2 and "'KUBE-NOPE'" in e.message
 
 
+def test_reject_is_a_filter_table_target() -> None:
+    # Measured: the kernel refuses a mangle table holding REJECT when it is committed.
+    e = refused("*mangle\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -j REJECT --reject-with tcp-reset\nCOMMIT\n")
+    assert e.line == 3 and "REJECT is only valid in table filter" in e.message
+    assert one_rule("-p tcp -j REJECT --reject-with tcp-reset").target is not None
+
+
 def test_dnat_from_postrouting_is_refused_even_through_a_user_chain() -> None:
     e = refused(
         "*nat\n:POSTROUTING ACCEPT [0:0]\n:SEP - [0:0]\n"

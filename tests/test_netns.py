@@ -30,6 +30,7 @@ from conformance.strategies import classic_scenario
 
 from live import (
     CLASSIC_PROBES,
+    NODE,
     POD_A,
     POLICIES,
     REPO,
@@ -311,6 +312,41 @@ def test_node_rules_the_simulator_once_missed_match_it(backend: NetnsBackend, na
     samples = sampled(backend, dataplane, CLASSIC_PROBES)
     assert_like_sim(dataplane, CLASSIC_PROBES, samples, who="kernel")
     assert any(s.verdict != "delivered" for s in samples[:6] + samples[8:12]), samples  # the rule did bite
+
+
+# How a node answers with a TCP reset, and what happens to an ACK it cannot send: node filter rules, one probe
+# each, the verdict the kernel gives (found by the sim-vs-kernel hunt; the simulator had each one wrong).
+RESETS = {
+    # nf_ct_attach: the reset is RELATED to the connection, so a RELATED drop in OUTPUT stops it.
+    "reset-is-related": (
+        "-A INPUT -p tcp --dport 9999 -j REJECT --reject-with tcp-reset\n"
+        "-A OUTPUT -p tcp -m conntrack --ctstate RELATED -j DROP\n",
+        Probe("external", NODE, 9999, "TCP"),
+        "dropped",
+    ),
+    # nf_send_reset: a packet that came in on a bridge port is answered straight out of it, past OUTPUT.
+    "reset-out-of-its-bridge-port": (
+        "-A INPUT -p tcp --dport 9999 -j REJECT --reject-with tcp-reset\n"
+        "-A OUTPUT -p tcp --tcp-flags RST RST -j DROP\n",
+        Probe(POD_A, IPv4Address("10.244.1.1"), 9999, "TCP"),
+        "refused",
+    ),
+    # connect() returned at the SYN-ACK; the ACK's EPERM only means no answer ever comes.
+    "ack-dropped-in-output": (
+        "-A OUTPUT -d 10.244.1.11/32 -p tcp -m tcp --tcp-flags SYN,ACK ACK -j DROP\n",
+        Probe("node:node-1", B, 8080, "TCP"),
+        "dropped",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(RESETS))
+def test_resets_and_lost_acks_match_simulator(backend: NetnsBackend, name: str) -> None:
+    rules, probe, verdict = RESETS[name]
+    dataplane = with_rules(rules, netns="node-node-1", table="filter", scenario=classic_with_node_port())
+    samples = sampled(backend, dataplane, [probe])
+    assert samples[0].verdict == verdict, samples
+    assert_like_sim(dataplane, [probe], samples, who="kernel")
 
 
 def test_reset_empties_recent_lists(backend: NetnsBackend) -> None:

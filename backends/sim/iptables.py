@@ -1271,6 +1271,9 @@ def _parse_rule_args(
         target = _finish_target(target_ext, info)
         if isinstance(target, NatTarget) and table != "nat":
             raise _Refused(f"target {target.kind} is only valid in table nat")
+        if isinstance(target, RejectTarget) and table != "filter":
+            # ipt_REJECT is registered for table filter (measured: mangle refuses it at COMMIT)
+            raise _Refused("target REJECT is only valid in table filter")
     return matches, target, (" ".join(comments) if comments else None)
 
 

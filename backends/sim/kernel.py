@@ -1048,8 +1048,8 @@ class Kernel:
             return Lost(f"{ns.name}: dropped in {hook} by {rule}")
         assert res.decision is not None
         how = res.decision.reject_with or "icmp-port-unreachable"
-        if bridged:
-            raise SimError(f"{ns.name}: REJECT of a bridged frame in {hook} ({rule}) is not modelled")
+        if bridged and how != "tcp-reset":
+            raise SimError(f"{ns.name}: REJECT of a bridged frame in {hook} ({rule}) with {how} is not modelled")
         if walk.tracing:
             walk.note(ns, f"{hook}: rejected with {how} by {rule}")
         if how == "tcp-reset":
@@ -1086,7 +1086,18 @@ class Kernel:
             return Lost(f"{ns.name}: tcp-reset for a non-TCP packet")
         rst = Packet(pkt.dst, pkt.src, "tcp", pkt.dport, pkt.sport, frozenset({"RST", "ACK"}))
         if pkt.ct is not None:
-            rst.ct, rst.ct_reply, rst.ctstate = pkt.ct, not pkt.ct_reply, "ESTABLISHED"
+            # nf_ct_attach: the reset belongs to the connection as RELATED (measured), in the other direction.
+            rst.ct, rst.ct_reply, rst.ctstate = pkt.ct, not pkt.ct_reply, "RELATED"
+        if pkt.physin is not None:
+            # nf_send_reset: a packet that came in on a bridge port is answered straight out of that port, the
+            # Ethernet header turned round: no OUTPUT, no POSTROUTING, so no NAT on the way back (measured). It
+            # still needs a route back (ip_route_me_harder), or no reset is sent.
+            if self.route_output(ns, rst.dst).kind == "error":
+                return Lost(f"{ns.name}: no route back for the tcp-reset to {rst.dst}")
+            rst.src_mac, rst.dst_mac = pkt.dst_mac, pkt.src_mac
+            if walk.tracing:
+                walk.note(ns, f"tcp-reset sent straight out of bridge port {pkt.physin.name}: {rst.describe()}")
+            return self.xmit(walk, pkt.physin, rst)
         return self.send(walk, ns, rst)
 
 

@@ -217,6 +217,9 @@ def _tcp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client:
         )
     ack = Packet(client.ip, dst, "tcp", client.port, probe.port, ACK)
     fwd = kernel.send(walk, ns, ack)
+    if isinstance(fwd, SendError):
+        # connect() returned when the SYN-ACK came; the failed ACK is retransmitted, no answer ever comes.
+        return _fail("dropped", f"ACK: {fwd.reason}; the client waits for an answer that never comes", walk)
     if not isinstance(fwd, Arrived):
         return _lost(fwd, walk, "ACK")
     a = fwd.pkt
