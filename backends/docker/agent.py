@@ -330,14 +330,8 @@ class Agent:
     def reset(self) -> None:
         for flusher in self.flushers:
             flusher.flush()
-        recent = [ns for ns in self._everyone().values() if build.uses_recent(ns)] if self.own is not None else []
-        if recent:
-
-            def job() -> None:
-                for ns in recent:
-                    build.forget_recent_lists(self.worker, ns)
-
-            self.worker.run(job)
+        if self.own is not None:
+            build.forget_recent_lists_of(self.worker, self._everyone().values())
 
     def clear(self) -> None:
         """Back to the container as it started: no inner namespaces, the own one emptied."""

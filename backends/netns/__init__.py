@@ -194,14 +194,8 @@ class NetnsBackend:
     def reset(self) -> None:
         for flusher in self._flushers:
             flusher.flush()
-        worker, recent = self._worker, [ns for ns in self._namespaces.values() if build.uses_recent(ns)]
-        if worker is not None and recent:
-
-            def job() -> None:
-                for ns in recent:
-                    build.forget_recent_lists(worker, ns)
-
-            worker.run(job)
+        if self._worker is not None:
+            build.forget_recent_lists_of(self._worker, self._namespaces.values())
         for server in self._servers:
             server.drain()
 

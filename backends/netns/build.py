@@ -10,6 +10,7 @@ per-device values once the device exists.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
@@ -216,6 +217,12 @@ def restore_text(old: str, new: str) -> str:
     return out
 
 
+def restore_env(lock_file: Path) -> dict[str, str]:
+    """iptables-restore's environment: PATH, and a lock file of its own (the default one is shared with every
+    iptables user on the host, pitfall 9)."""
+    return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "XTABLES_LOCKFILE": str(lock_file)}
+
+
 def restore_rules(worker: NetnsWorker, jobs: Iterable[tuple[Netns, str]], run_dir: Path) -> None:
     """Run iptables-restore inside each namespace, all at once, and wait for all.
 
@@ -229,8 +236,7 @@ def restore_rules(worker: NetnsWorker, jobs: Iterable[tuple[Netns, str]], run_di
         for ns, text in jobs:
             if not text:
                 continue
-            env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
-            env["XTABLES_LOCKFILE"] = str(run_dir / f"{ns.kname}.xtables.lock")
+            env = restore_env(run_dir / f"{ns.kname}.xtables.lock")
             # A CNI plugin's rules are already there: add to them (the text says where).
             noflush = ["--noflush"] if ns.config.iptables_noflush else []
             with worker.inside(ns.fd):
@@ -267,8 +273,22 @@ RECENT_LISTS = "/proc/thread-self/net/xt_recent"
 _USES_RECENT = re.compile(r"(?:^|\s)(?:-m|--match)\s+recent(?:\s|$)", re.MULTILINE)
 
 
-def uses_recent(ns: Netns) -> bool:
-    return _USES_RECENT.search(ns.config.iptables) is not None
+@functools.lru_cache(maxsize=64)
+def _uses_recent(iptables: str) -> bool:
+    # Once per ruleset text, not on every reset: a large ruleset is scanned once.
+    return _USES_RECENT.search(iptables) is not None
+
+
+def forget_recent_lists_of(worker: NetnsWorker, namespaces: Iterable[Netns]) -> None:
+    """Empty the `-m recent` lists of those namespaces whose rules use any (one worker job, none if no rule does)."""
+    recent = [ns for ns in namespaces if _uses_recent(ns.config.iptables)]
+    if recent:
+
+        def job() -> None:
+            for ns in recent:
+                forget_recent_lists(worker, ns)
+
+        worker.run(job)
 
 
 def forget_recent_lists(worker: NetnsWorker, ns: Netns) -> None:

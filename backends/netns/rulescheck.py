@@ -12,14 +12,14 @@ table, say) run as well as iptables' parser.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from backends import BackendError
-from backends.netns.build import RESTORE
+from backends.netns.build import RESTORE, restore_env
 
 _PARSE_ERROR = re.compile(r"Error occurred at line: (\d+)")
 _COMMIT_ERROR = re.compile(r"line (\d+) failed")
@@ -39,10 +39,8 @@ class Refusal:
 
 
 def _restore(text: str) -> subprocess.CompletedProcess[bytes]:
-    # A lock file of its own: the default one is shared with every iptables user on the host (pitfall 9).
     with tempfile.TemporaryDirectory(prefix="netconformance-rulescheck-") as scratch:
-        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
-        env["XTABLES_LOCKFILE"] = os.path.join(scratch, "xtables.lock")
+        env = restore_env(Path(scratch) / "xtables.lock")
         try:
             return subprocess.run(
                 ["unshare", "--net", "--", RESTORE, "-w", "5"],
