@@ -172,6 +172,13 @@ def _check_plugins_present(backends: Sequence[Backend], implementations: Sequenc
                 _fail(f"--implementation {impl.name}: {missing}")
 
 
+def _check_rules(backends: Sequence[Backend], implementations: Sequence[Implementation]) -> None:
+    """A proxy's rules, checked before anything runs by what will run them: the kernel first (it is the judge),
+    then the simulator's parser."""
+    _check_rules_on_kernel(backends, implementations)
+    _check_rules_on_simulator(backends, implementations)
+
+
 def _check_rules_on_kernel(backends: Sequence[Backend], implementations: Sequence[Implementation]) -> None:
     """A proxy's rules bound for the netns backend: restored now in a throwaway namespace, so that a file the kernel
     refuses stops the run before it starts, with the file, the line and the kernel's reason."""
@@ -285,8 +292,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     implementations = _implementations(args.implementation)
     _check_pairs(backends, implementations)
     _check_plugins_present(backends, implementations)
-    _check_rules_on_kernel(backends, implementations)
-    _check_rules_on_simulator(backends, implementations)
+    _check_rules(backends, implementations)
     _fixed_scenario_specs(specs, implementations, chosen=bool(args.spec))
     if not any(_judges(s, fixed_scenario(i)) for s in specs for i in implementations):
         _fail(f"--implementation {','.join(i.name for i in implementations)}: no spec can judge it (see above)")
@@ -389,8 +395,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     (backend,) = _backends(_one(name_list(args.backend, "--backend"), "--backend"))
     _check_pairs([backend], [impl])
     _check_plugins_present([backend], [impl])
-    _check_rules_on_kernel([backend], [impl])
-    _check_rules_on_simulator([backend], [impl])
+    _check_rules([backend], [impl])
     _fixed_scenario_specs([spec.name], [impl], chosen=True)
     case = _load_case_for(args.case, impl)
     done = replay_sampled(spec, case, backend, impl)
@@ -460,8 +465,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     implementations = _implementations(args.implementation)
     _check_pairs(exact, implementations, hint="predict it from the live nodes with --backends sim-snapshot,netns")
     _check_plugins_present(backends, implementations)
-    _check_rules_on_kernel(backends, implementations)
-    _check_rules_on_simulator(backends, implementations)
+    _check_rules(backends, implementations)
     for impl in implementations:
         scenario = fixed_scenario(impl)
         if scenario is not None and nothing_to_compare(scenario):
@@ -622,7 +626,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
             _fail(f"--scenario {args.scenario}: {impl.name} realises the cluster its rules were made for, not this one")
         netns = _backends("netns")
         _check_plugins_present(netns, [impl])  # privileges, tools and plugins first
-        _check_rules_on_kernel(netns, [impl])
+        _check_rules(netns, [impl])
         dataplane = snapshot_deployment(impl.render(scenario))
     try:
         out.write_text(dump_dataplane(dataplane), encoding="utf-8")

@@ -23,7 +23,7 @@ from conformance import strategies
 from conformance.cases import Case, dump_case
 from conformance.implementations import Implementation
 from conformance.probes import Observation, Outcome, Probe
-from conformance.runner import SCREENING_TIMEOUT, confirm_timeouts, timed_out, traced
+from conformance.runner import confirm_timeouts, screen, timed_out, traced
 from conformance.specs.common import cases_of
 from conformance.termination import checkpoint
 
@@ -155,8 +155,7 @@ def replay_comparison(
     """
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
-    if hasattr(backend, "probe_timeout"):
-        backend.probe_timeout = min(backend.probe_timeout, SCREENING_TIMEOUT)
+    screen(backend)
     taken = 0
     while True:
         checkpoint()
@@ -177,8 +176,7 @@ def run_compare(
     on_example: Callable[[], None] | None = None,
 ) -> CompareResult:
     used_seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
-    if hasattr(backend, "probe_timeout"):
-        backend.probe_timeout = min(backend.probe_timeout, SCREENING_TIMEOUT)
+    screen(backend)
     found: dict[str, Disagreement] = {}
     count = 0
 

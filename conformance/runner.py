@@ -34,6 +34,12 @@ CONFIRM_ATTEMPTS = 8
 REPLAY_SAMPLES = 20
 
 
+def screen(backend: Backend) -> None:
+    """A real backend waits SCREENING_TIMEOUT for an answer (at most); confirm_timeouts waits longer."""
+    if hasattr(backend, "probe_timeout"):
+        backend.probe_timeout = min(backend.probe_timeout, SCREENING_TIMEOUT)
+
+
 class SpecViolation(AssertionError):
     pass
 
@@ -191,8 +197,7 @@ def run_spec(
 ) -> SpecResult:
     """Run one spec; never raises for a failing property (see SpecResult)."""
     used_seed = seed if seed is not None else random.SystemRandom().randrange(2**32)
-    if hasattr(backend, "probe_timeout"):
-        backend.probe_timeout = min(backend.probe_timeout, SCREENING_TIMEOUT)
+    screen(backend)
     fixed = getattr(backend, "fixed_knob_reason", None)
     reason = fixed(spec.knobs) if fixed is not None and spec.knobs else None
     if reason is not None:
