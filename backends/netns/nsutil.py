@@ -9,11 +9,13 @@ belong to it for good and can then be used from any thread.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
 import threading
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,7 +99,16 @@ class NetnsWorker:
         self._thread: threading.Thread | None = None
 
     def run(self, job: Callable[[], T]) -> T:
-        return self._pool.submit(self._wrap, job).result()
+        future = self._pool.submit(self._wrap, job)
+        try:
+            return future.result()
+        except BaseException:
+            # A signal can end the wait (Ctrl-C, SIGTERM's Terminated) while the job still runs: let it finish,
+            # so the teardown that follows sees every namespace it made and none is made after (seen once in CI:
+            # a node namespace created after the teardown had deleted the others).
+            with contextlib.suppress(BaseException):
+                futures.wait([future])
+            raise
 
     def _wrap(self, job: Callable[[], T]) -> T:
         if self._root_fd is None:
