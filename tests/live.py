@@ -81,6 +81,68 @@ CLASSIC_PROBES = [
 ]
 
 
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """Rules put first in one table of one namespace of the classic scenario (with NodePort 30080), a probe,
+    and the verdict the real kernel gives it."""
+
+    rules: str
+    probe: Probe
+    verdict: str
+    table: str = "filter"
+    netns: str = "node-node-1"
+
+    def dataplane(self) -> Dataplane:
+        return with_rules(self.rules, netns=self.netns, table=self.table, scenario=classic_with_node_port())
+
+
+# Found by the sim-vs-kernel hunt of 2026-12-07; the simulator had each verdict wrong.
+MEASURED = {
+    # The raw table runs before conntrack: conntrack_mt sees no entry and says INVALID, never UNTRACKED.
+    "raw-prerouting-sees-invalid": Measured(
+        "-A PREROUTING -p udp -m conntrack --ctstate INVALID -j DROP\n", Probe(POD_A, B, 8080, "UDP"), "dropped", "raw"
+    ),
+    "raw-prerouting-sees-no-untracked": Measured(
+        "-A PREROUTING -p udp -m state --state UNTRACKED -j DROP\n", Probe(POD_A, B, 8080, "UDP"), "delivered", "raw"
+    ),
+    "raw-output-sees-invalid": Measured(
+        "-A OUTPUT -p udp -m conntrack --ctstate INVALID -j DROP\n",
+        Probe("node:node-1", B, 8080, "UDP"),
+        "refused",  # sendto: EPERM
+        "raw",
+    ),
+    # A node's own ICMP error dropped in its OUTPUT: no socket learns of it, the remote client just waits.
+    "node-icmp-error-dropped": Measured(
+        "-A FORWARD -p udp --dport 8080 -j REJECT\n-A OUTPUT -p icmp -j DROP\n",
+        Probe("external", NODE, 30080, "UDP"),
+        "dropped",
+    ),
+    # A server's answer dropped in its own OUTPUT: its send fails, the client waits.
+    "server-answer-dropped": Measured(
+        "-A OUTPUT -p udp --sport 8080 -j DROP\n", Probe(POD_A, B, 8080, "UDP"), "dropped", netns="pod-default-pod-b"
+    ),
+    "server-syn-ack-dropped": Measured(
+        "-A OUTPUT -p tcp --sport 8080 -j DROP\n", Probe(POD_A, B, 8080, "TCP"), "dropped", netns="pod-default-pod-b"
+    ),
+    # A bridged frame rejected with an ICMP code: the node sends the error like any of its own packets.
+    "bridged-reject-port-unreachable": Measured(
+        "-A FORWARD -m physdev --physdev-is-bridged -p udp -j REJECT\n", Probe(POD_A, SVC, 80, "UDP"), "refused"
+    ),
+    "bridged-reject-admin-prohibited": Measured(
+        "-A FORWARD -p tcp -d 10.244.1.11 -j REJECT --reject-with icmp-admin-prohibited\n",
+        Probe(POD_B, SVC, 80, "TCP"),  # hairpin
+        "refused",  # EHOSTUNREACH
+    ),
+    # REJECT's verdict is NF_DROP: the client's sendto fails with EPERM even when its ICMP error is lost.
+    "client-reject-in-output-answer-lost": Measured(
+        "-A OUTPUT -p udp --dport 8080 -j REJECT\n-A OUTPUT -p icmp -j DROP\n",
+        Probe(POD_A, B, 8080, "UDP"),
+        "refused",
+        netns="pod-default-pod-a",
+    ),
+}
+
+
 def with_rules(
     rules: str, *, netns: str = "pod-default-pod-b", table: str = "filter", scenario: Scenario | None = None
 ) -> Dataplane:

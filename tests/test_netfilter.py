@@ -321,7 +321,7 @@ def test_conntrack_states_and_virtual_nat_states() -> None:
     assert run(rs, tracked(pkt(), "NEW", {"DNAT"}), "FORWARD").verdict == "ACCEPT"
     assert run(rs, tracked(pkt(), "ESTABLISHED", reply=True), "FORWARD").verdict == "ACCEPT"
     assert run(rs, tracked(pkt(), "NEW"), "FORWARD") == Decision("DROP", None)
-    assert run(rs, pkt(), "FORWARD").verdict == "REJECT"  # UNTRACKED is not NEW
+    assert run(rs, pkt(), "FORWARD").verdict == "DROP"  # not tracked yet: INVALID, as conntrack_mt says
 
 
 def test_conntrack_entry_fields_direction_and_status() -> None:
@@ -345,12 +345,12 @@ def test_conntrack_entry_fields_direction_and_status() -> None:
 def test_conntrack_without_entry_matches_only_through_ctstate() -> None:
     rs = filter_rules(
         "-A INPUT -m conntrack --ctorigsrc 0.0.0.0/0 -j DROP\n"
-        "-A INPUT -m conntrack --ctstate UNTRACKED --ctorigsrc 10.9.9.9 -j ACCEPT\n",
+        "-A INPUT -m conntrack --ctstate INVALID --ctorigsrc 10.9.9.9 -j ACCEPT\n",
         policy="DROP",
     )
     # the kernel's conntrack_mt returns "state was tested" for packets without an entry
     d = run(rs, pkt())
-    assert d.verdict == "ACCEPT" and d.rule is not None and "UNTRACKED" in d.rule.text
+    assert d.verdict == "ACCEPT" and d.rule is not None and "INVALID" in d.rule.text
 
 
 # -- addrtype ----------------------------------------------------------------

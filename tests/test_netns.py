@@ -30,6 +30,7 @@ from conformance.strategies import classic_scenario
 
 from live import (
     CLASSIC_PROBES,
+    MEASURED,
     NODE,
     POD_A,
     POLICIES,
@@ -347,6 +348,14 @@ def test_resets_and_lost_acks_match_simulator(backend: NetnsBackend, name: str) 
     samples = sampled(backend, dataplane, [probe])
     assert samples[0].verdict == verdict, samples
     assert_like_sim(dataplane, [probe], samples, who="kernel")
+
+
+@pytest.mark.parametrize("name", list(MEASURED))
+def test_measured_verdicts_match_simulator(backend: NetnsBackend, name: str) -> None:
+    case = MEASURED[name]
+    samples = sampled(backend, case.dataplane(), [case.probe])
+    assert samples[0].verdict == case.verdict, samples
+    assert_like_sim(case.dataplane(), [case.probe], samples, who="kernel")
 
 
 def test_reset_empties_recent_lists(backend: NetnsBackend) -> None:

@@ -516,7 +516,7 @@ def test_veth_crossing_clears_conntrack_and_across_namespaces_the_mark(same_netn
     landing = kernel.xmit(walk(), va, pkt)
     assert isinstance(landing, Arrived)
     assert landing.netns is va.peer.netns
-    assert (landing.pkt.ct, landing.pkt.ctstate, landing.pkt.ct_reply) == (None, "UNTRACKED", False)
+    assert (landing.pkt.ct, landing.pkt.ctstate, landing.pkt.ct_reply) == (None, "INVALID", False)
     assert landing.pkt.mark == (0x4000 if same_netns else 0)
 
 

@@ -25,6 +25,8 @@ from conformance.model import Pod, Protocol, Scenario, Service, ServicePort, lab
 from conformance.probes import Observation, Outcome, Probe
 from conformance.strategies import classic_scenario
 
+from live import MEASURED, simulated
+
 A = IPv4Address
 DEFAULT = IPv4Network("0.0.0.0/0")
 PROTOS: tuple[Protocol, ...] = ("TCP", "UDP")
@@ -501,3 +503,11 @@ def test_node_local_client_keeps_the_source_of_its_default_route(proto: Protocol
     )
     outcome = run(Kernel(dp), NODE, VIP, 80, proto)
     assert outcome == Outcome("delivered", "default/pod-b", 8080, A("172.18.0.2"), VIP)
+
+
+@pytest.mark.parametrize("name", list(MEASURED))
+def test_verdicts_measured_on_the_kernel(name: str) -> None:
+    # test_netns checks the same cases against the real kernel
+    case = MEASURED[name]
+    [obs] = simulated(case.dataplane(), [case.probe])
+    assert {o.verdict for o, _ in obs.outcomes} == {case.verdict}, obs.describe()

@@ -836,7 +836,7 @@ class Kernel:
             return self.xmit(walk, port, pkt)
         assert dev.peer is not None
         # veth_xmit scrubs the skb: conntrack and br_netfilter's record always, the mark across netns.
-        pkt.ct, pkt.ctstate, pkt.ct_reply, pkt.physin = None, "UNTRACKED", False, None
+        pkt.ct, pkt.ctstate, pkt.ct_reply, pkt.physin = None, "INVALID", False, None
         if dev.peer.netns is not dev.netns:
             pkt.mark = 0
         return self.netif_receive(walk, dev.peer, pkt)
@@ -869,7 +869,7 @@ class Kernel:
             else ACCEPTED
         )
         if res.verdict != "ACCEPT":
-            return self._refuse(walk, ns, "PREROUTING", pkt, res, bridged=True)
+            return self._refuse(walk, ns, "PREROUTING", pkt, res)
         if pkt.dst != daddr:
             # br_nf_pre_routing_finish: the destination changed, route it.
             route = self.route_input(ns, pkt, br)
@@ -914,14 +914,14 @@ class Kernel:
                 else ACCEPTED
             )
             if res.verdict != "ACCEPT":
-                return self._refuse(walk, ns, "FORWARD", pkt, res, bridged=True)
+                return self._refuse(walk, ns, "FORWARD", pkt, res)
             res = (
                 self.hook(walk, ns, "POSTROUTING", pkt, in_dev=None, out_dev=br, physin=inport, physout=out)
                 if ns.stages["POSTROUTING"]
                 else ACCEPTED
             )
             if res.verdict != "ACCEPT":
-                return self._refuse(walk, ns, "POSTROUTING", pkt, res, bridged=True)
+                return self._refuse(walk, ns, "POSTROUTING", pkt, res)
         if walk.tracing:
             walk.note(ns, f"{br.name}: bridged {pkt.describe()} out of {out.name}")
         return self.xmit(walk, out, pkt)
@@ -1036,8 +1036,6 @@ class Kernel:
         hook: str,
         pkt: Packet,
         res: HookResult,
-        *,
-        bridged: bool = False,
     ) -> Landing:
         rule = res.decision.rule.text if res.decision and res.decision.rule else "chain policy"
         if res.verdict == "DROP":
@@ -1048,16 +1046,21 @@ class Kernel:
             return Lost(f"{ns.name}: dropped in {hook} by {rule}")
         assert res.decision is not None
         how = res.decision.reject_with or "icmp-port-unreachable"
-        if bridged and how != "tcp-reset":
-            raise SimError(f"{ns.name}: REJECT of a bridged frame in {hook} ({rule}) with {how} is not modelled")
+        # A bridged frame's ICMP error is an ordinary local send of the node's (icmp_send takes br_netfilter's
+        # route; the source is picked by routing back to the sender): the same path as a routed packet's.
         if walk.tracing:
             walk.note(ns, f"{hook}: rejected with {how} by {rule}")
         if how == "tcp-reset":
-            return self._send_reset(walk, ns, pkt)
-        code = REJECT_CODES.get(how)
-        if code is None:
-            raise SimError(f"{ns.name}: REJECT --reject-with {how} is not modelled")
-        return self.icmp_send(walk, ns, pkt, 3, code, in_dev=None)
+            answer = self._send_reset(walk, ns, pkt)
+        else:
+            code = REJECT_CODES.get(how)
+            if code is None:
+                raise SimError(f"{ns.name}: REJECT --reject-with {how} is not modelled")
+            answer = self.icmp_send(walk, ns, pkt, 3, code, in_dev=None)
+        if hook == "OUTPUT" and not isinstance(answer, Arrived):
+            # REJECT's verdict is NF_DROP: the sending call fails with EPERM whatever becomes of the answer.
+            return SendError(f"EPERM: rejected in {ns.name} OUTPUT by {rule} ({answer.reason})")
+        return answer
 
     def icmp_send(
         self, walk: Walk, ns: NetNS, offending: Packet, icmp_type: int, code: int, *, in_dev: Device | None
@@ -1079,7 +1082,7 @@ class Kernel:
             err.ct, err.ct_reply, err.ctstate = offending.ct, not offending.ct_reply, "RELATED"
         if walk.tracing:
             walk.note(ns, f"sends ICMP type {icmp_type} code {code} to {offending.src}")
-        return self.send(walk, ns, err)
+        return _own(self.send(walk, ns, err), ns, "ICMP error")
 
     def _send_reset(self, walk: Walk, ns: NetNS, pkt: Packet) -> Landing:
         if pkt.proto != "tcp" or "RST" in pkt.tcp_flags:
@@ -1098,7 +1101,16 @@ class Kernel:
             if walk.tracing:
                 walk.note(ns, f"tcp-reset sent straight out of bridge port {pkt.physin.name}: {rst.describe()}")
             return self.xmit(walk, pkt.physin, rst)
-        return self.send(walk, ns, rst)
+        return _own(self.send(walk, ns, rst), ns, "tcp-reset")
+
+
+def _own(landing: Landing, ns: NetNS, what: str) -> Landing:
+    """A packet the kernel makes itself (an ICMP error, a reset) has no socket to tell that it could not be
+    sent: the failure stays in the kernel and nobody gets an answer (measured: a node's ICMP error dropped in
+    its OUTPUT leaves a remote client waiting, not refused)."""
+    if isinstance(landing, SendError):
+        return Lost(f"{ns.name}: its {what} was not sent: {landing.reason}")
+    return landing
 
 
 @functools.lru_cache(maxsize=256)

@@ -8,7 +8,8 @@ side effects are exactly those of the linear walk.
 
 Conntrack view: as in the kernel, a packet whose ctstate is INVALID or
 UNTRACKED has no conntrack entry (whatever `pkt.ct` holds); CONNMARK then does
-nothing and conntrack matches on entry fields are false.
+nothing and conntrack matches on entry fields are false. A packet conntrack
+has not seen yet (in the raw table) is INVALID.
 """
 
 from __future__ import annotations

@@ -146,9 +146,13 @@ def _fail(verdict: str, reason: str, walk: Walk) -> Outcome:
     return Outcome(verdict, reason=reason, trace=tuple(walk.trace))  # type: ignore[arg-type]
 
 
-def _lost(landing: Lost | SendError, walk: Walk, what: str) -> Outcome:
+def _lost(landing: Lost | SendError, walk: Walk, what: str, *, client: bool = False) -> Outcome:
+    """`client`: the probe's own socket sent it, so a send error is its answer. A server's failed send
+    only leaves the client waiting."""
     if isinstance(landing, SendError):
-        return _fail("refused", f"{what}: {landing.reason}", walk)
+        if client:
+            return _fail("refused", f"{what}: {landing.reason}", walk)
+        return _fail("dropped", f"{what} not sent: {landing.reason}", walk)
     return _fail("dropped", f"{what} lost: {landing.reason}", walk)
 
 
@@ -177,7 +181,7 @@ def _tcp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client:
         # tcp_connect ignores a local send error and retransmits: a timeout.
         return _fail("dropped", f"SYN: {landing.reason}", walk)
     if not isinstance(landing, Arrived):
-        return _lost(landing, walk, "SYN")
+        return _lost(landing, walk, "SYN", client=True)
     at, p = landing.netns, landing.pkt
     if p.proto == "icmp":
         return _client_error(p, at, ns, probe, client, walk)
@@ -254,7 +258,7 @@ def _udp(kernel: Kernel, probe: Probe, dst: Addr, walk: Walk, ns: NetNS, client:
     dgram = Packet(client.ip, dst, "udp", client.port, probe.port)
     landing = kernel.send(walk, ns, dgram)
     if not isinstance(landing, Arrived):
-        return _lost(landing, walk, "datagram")
+        return _lost(landing, walk, "datagram", client=True)
     at, p = landing.netns, landing.pkt
     if p.proto == "icmp":
         return _client_error(p, at, ns, probe, client, walk)
