@@ -80,3 +80,8 @@ class SimSnapshotBackend:
         self.sim.teardown()
         if self._owns_live:
             self.live.teardown()
+
+    def take_warnings(self) -> list[str]:
+        """What the live backend's teardown reported (CNI DEL errors), when this backend tore it down."""
+        take = getattr(self.live, "take_warnings", None)
+        return list(take()) if self._owns_live and take is not None else []

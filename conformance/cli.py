@@ -59,7 +59,7 @@ from conformance.model import Scenario
 from conformance.progress import Progress
 from conformance.reporting import RunMeta, new_run_dir, write_run
 from conformance.reporting import register as register_report
-from conformance.runner import REPLAY_SAMPLES, SpecResult, replay_sampled, run_spec, summarize
+from conformance.runner import REPLAY_SAMPLES, WARNING, SpecResult, replay_sampled, run_spec, summarize
 from conformance.snapshot import SnapshotError, dump_dataplane
 from conformance.specs import all_specs, get_spec
 from conformance.strategies import classic_scenario
@@ -300,9 +300,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     meta = RunMeta.begin(args.argv, seed=args.seed, examples=args.examples)
     results = _run_matrix(specs, backends, implementations, args.examples, args.seed)
     report = write_run(run_dir, results=results, meta=meta)
+    warned: set[str] = set()
     for r in results:
         for note in r.notes:
-            print(f"{r.spec} on {r.backend}: {note}")
+            if note.startswith(WARNING):  # each spec's teardown may say the same: once is enough
+                if note not in warned:
+                    print(f"netconformance: {r.backend}: {note}", file=sys.stderr)
+                warned.add(note)
+            else:
+                print(f"{r.spec} on {r.backend}: {note}")
         if r.failure is not None:
             print("\n" + r.failure.render(traces=True))
             print(f"\nreproduce: {report.reproducer(r)}")

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, Phase, example, given, reject, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis.errors import FlakyFailure
 
-from backends import Backend
+from backends import Backend, BackendError, BackendUnavailable
+from backends.sim.kernel import SimError
 from conformance.cases import Case, dump_case
 from conformance.implementations import Implementation
 from conformance.model import Scenario
@@ -32,6 +33,10 @@ CONFIRMING_TIMEOUT = 1.0
 CONFIRM_ATTEMPTS = 8
 # `replay` on a sampling backend: how many times the case is observed before it is said to hold.
 REPLAY_SAMPLES = 20
+# Errors whose message says it all (a plugin's ADD failed, the simulator lacks a feature): no class name shown.
+EXPECTED_ERRORS = (BackendError, BackendUnavailable, SimError)
+# A note that the run's verdict does not include but the user must hear of (the CLI says it on stderr).
+WARNING = "warning: "
 
 
 def screen(backend: Backend) -> None:
@@ -256,11 +261,17 @@ def run_spec(
         # on replay: with random load balancing that is evidence, not noise.
         result.failure = last.get("failure")
         result.notes.append("the violation did not recur on every replay (a sampled, random outcome)")
-    except Exception as e:  # a backend or simulator error: report it, do not crash the run
+    except EXPECTED_ERRORS as e:  # a backend or simulator error: report it, do not crash the run
+        result.error = str(e)
+    except Exception as e:  # unexpected: the class name helps whoever reads the bug report
         result.error = f"{type(e).__name__}: {e}"
     finally:
         backend.teardown()
     result.notes += [f"{n} case(s) skipped: {why}" for why, n in skipped.items()]
+    # What teardown could not undo cleanly (a CNI plugin's DEL that failed, on netns).
+    take_warnings = getattr(backend, "take_warnings", None)
+    if take_warnings is not None:
+        result.notes += [WARNING + w for w in take_warnings()]
     result.examples = len(records)
     result.records = records
     result.seconds = time.perf_counter() - start

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import shlex
-from collections.abc import Iterator
+import shutil
+import signal
+from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
@@ -19,7 +23,8 @@ import pytest
 
 from backends import BackendUnavailable
 from backends.netns import NetnsBackend
-from backends.netns.cni import _plugin_config, find_plugin
+from backends.netns.build import BuildError
+from backends.netns.cni import _error_text, _plugin_config, find_plugin, missing_plugins, missing_plugins_message
 from backends.sim import SimBackend, SimError
 from backends.sim_snapshot import SimSnapshotBackend
 from conformance.cases import Case
@@ -28,6 +33,10 @@ from conformance.dataplane import Dataplane
 from conformance.implementations import broken_implementations, get_implementation
 from conformance.implementations.cniplugins import CNI_IMPLEMENTATIONS, from_file, noflush_rules
 from conformance.probes import Observation, Outcome, Probe
+from conformance.reporting import RunMeta
+from conformance.reporting.document import rerun_command
+from conformance.reporting.reproduce import compare_command, replay_command
+from conformance.runner import SpecResult, run_spec
 from conformance.specs import all_specs
 from conformance.specs.dnat import host_port_scenario
 from conformance.strategies import classic_scenario
@@ -335,3 +344,273 @@ def test_user_conflist_with_placeholders(tmp_path: Path) -> None:
     path.write_text('{"cniVersion": "1.0.0", "name": "x", "type": "bridge"}')
     with pytest.raises(ValueError, match="plugins"):
         from_file(path)
+
+
+# -- a plugin author's mistakes, said as such (wrapper plugins around Debian's) -------------------------------------
+
+
+def _wrapper(directory: Path, name: str, body: str) -> Path:
+    """An executable plugin `name` in `directory`: a shell script (its CNI_* environment and stdin are the plugin's)."""
+    directory.mkdir(exist_ok=True)
+    script = directory / name
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return script
+
+
+def _conflist(path: Path, *plugins: dict[str, object]) -> Path:
+    path.write_text(json.dumps({"cniVersion": "1.0.0", "name": "wrapped", "plugins": list(plugins)}))
+    return path
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie waiting for its reaper does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_an_ipam_that_ignores_the_asked_address_is_said(
+    privileged: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """host-local without CNI_ARGS hands out the first free address: not the scenario's, and said so."""
+    host_local = find_plugin("host-local")
+    assert host_local is not None
+    _wrapper(tmp_path / "bin", "ignores-ip", f"unset CNI_ARGS\nexec {host_local}\n")
+    monkeypatch.setenv("NETCONFORMANCE_CNI_PATH", f"{tmp_path / 'bin'}:{host_local.parent}")
+    # Not host-local by type: its dataDir is set here, never the host's /var/lib/cni.
+    ranges = [[{"subnet": "{podCIDR}", "gateway": "{gateway}"}]]
+    ipam = {"type": "ignores-ip", "ranges": ranges, "dataDir": str(tmp_path / "ipam")}
+    path = _conflist(tmp_path / "n.conflist", {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipam": ipam})
+    b = NetnsBackend()
+    try:
+        with pytest.raises(BuildError) as raised:
+            b.deploy(from_file(path).render(classic_scenario()))
+    finally:
+        b.teardown()
+    assert str(raised.value) == (
+        "node-node-1: CNI ADD for pod-default-pod-a: the plugin gave 10.244.1.2/24, the scenario needs 10.244.1.10:"
+        " the IPAM must honour CNI_ARGS IP= (host-local does)"
+    )
+    # On the command line: could not run (exit 2), in those words, no probe judged. The wrapped host-local's state
+    # is the test's own: the failed build ran no DEL.
+    shutil.rmtree(tmp_path / "ipam")
+    argv = ["run", "--backend", "netns", "--spec", "connectivity", "--implementation", f"conflist:{path}"]
+    assert main([*argv, "--examples", "2", "--seed", "1", "--report-dir", str(tmp_path / "r")]) == 2
+    out = capsys.readouterr().out
+    assert re.search(r"could not run: node-\S+: CNI ADD for \S+: the plugin gave 10\.244\.\d+\.2/24, the scenario", out)
+    assert "0 passed, 0 failed, 1 could not run" in out
+
+
+def test_a_result_without_addresses_is_said(privileged: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _wrapper(tmp_path / "bin", "no-ips", 'cat >/dev/null\necho \'{"cniVersion": "1.0.0", "interfaces": []}\'\n')
+    monkeypatch.setenv("NETCONFORMANCE_CNI_PATH", str(tmp_path / "bin"))
+    path = _conflist(tmp_path / "n.conflist", {"type": "no-ips"})
+    b = NetnsBackend()
+    try:
+        with pytest.raises(
+            BuildError, match=r"^node-node-1: CNI ADD for pod-default-pod-a: the plugin gave no address,"
+        ):
+            b.deploy(from_file(path).render(classic_scenario()))
+    finally:
+        b.teardown()
+
+
+def test_a_plugin_that_hangs_is_killed_with_what_it_started(
+    privileged: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid_file = tmp_path / "child.pid"
+    _wrapper(tmp_path / "bin", "hangs", f"sleep 600 &\necho $! > {pid_file}\nwait\n")
+    monkeypatch.setenv("NETCONFORMANCE_CNI_PATH", str(tmp_path / "bin"))
+    monkeypatch.setenv("NETCONFORMANCE_CNI_TIMEOUT", "1")
+    path = _conflist(tmp_path / "n.conflist", {"type": "hangs"})
+    b = NetnsBackend()
+    child = 0
+    try:
+        with pytest.raises(BuildError) as raised:
+            b.deploy(from_file(path).render(classic_scenario()))
+        child = int(pid_file.read_text())
+        assert str(raised.value).startswith("node-node-1: CNI hangs ADD for pod-default-pod-a: no answer within 1s")
+        assert "NETCONFORMANCE_CNI_TIMEOUT" in str(raised.value)
+        assert not _alive(child), "the plugin's child outlived it (in the node's namespace)"
+    finally:
+        if child and _alive(child):
+            os.kill(child, signal.SIGKILL)  # not left behind by a failing run
+        b.teardown()
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "inf"])
+def test_the_plugin_timeout_must_be_a_positive_number(
+    value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("NETCONFORMANCE_CNI_TIMEOUT", value)
+    expected = f"NETCONFORMANCE_CNI_TIMEOUT={value!r}: expected a number of seconds greater than 0"
+    with pytest.raises(BackendUnavailable, match=re.escape(expected)):
+        NetnsBackend()
+    argv = ["run", "--backend", "netns", "--implementation", f"conflist:{REPO / 'tests' / 'cni' / 'bridge.conflist'}"]
+    assert main([*argv, "--report-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+
+
+def test_a_plugin_that_is_not_executable_is_said_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plugin = _wrapper(tmp_path / "bin", "mine", "exit 0\n")
+    plugin.chmod(0o644)
+    monkeypatch.setenv("NETCONFORMANCE_CNI_PATH", f"{tmp_path / 'bin'}:{tmp_path / 'other'}")
+    assert find_plugin("mine") is None and missing_plugins(["mine"]) == []
+    message = missing_plugins_message(["mine", "brdge"])
+    assert message is not None
+    assert f"{plugin} is not executable" in message
+    assert "CNI plugin(s) brdge not found" in message and "mine not found" not in message
+    assert missing_plugins_message(["mine"]) == f"{plugin} is not executable (chmod +x it)"
+    plugin.chmod(0o755)
+    assert missing_plugins_message(["mine"]) is None
+
+
+@pytest.mark.parametrize("backend", ["netns", "sim-snapshot"])
+def test_a_failing_del_is_said_once_on_stderr_and_in_the_results(
+    backend: str,
+    privileged: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bridge = find_plugin("bridge")
+    assert bridge is not None
+    body = 'if [ "$CNI_COMMAND" = DEL ]; then\n'
+    body += '  echo \'{"cniVersion": "1.0.0", "code": 999, "msg": "cannot release the lease"}\'; exit 1\nfi\n'
+    _wrapper(tmp_path / "bin", "bridge-del-fails", f"{body}exec {bridge}\n")
+    monkeypatch.setenv("NETCONFORMANCE_CNI_PATH", f"{tmp_path / 'bin'}:{bridge.parent}")
+    path = tmp_path / "n.conflist"  # the example, passing every spec, but for the plugin's name
+    path.write_text(
+        (REPO / "tests" / "cni" / "bridge.conflist")
+        .read_text()
+        .replace('"type": "bridge"', '"type": "bridge-del-fails"')
+    )
+    argv = ["run", "--backend", backend, "--spec", "connectivity,hairpin", "--implementation", f"conflist:{path}"]
+    assert main([*argv, "--examples", "2", "--seed", "1", "--report-dir", str(tmp_path / "r")]) == 0  # verdict kept
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "cannot release the lease" in line]
+    assert said and len(said) == len(set(said)), err
+    assert all(
+        re.fullmatch(
+            rf"netconformance: {backend}: warning: node-\S+: CNI bridge-del-fails DEL for \S+: exit 1: "
+            r"CNI error 999: cannot release the lease",
+            line,
+        )
+        for line in said
+    ), said
+    (results,) = (tmp_path / "r").glob("*/results.json")
+    notes = [n for r in json.loads(results.read_text())["results"] for n in r["notes"]]
+    warnings = {n for n in notes if n.startswith("warning: ")}
+    assert warnings and {f"netconformance: {backend}: {w}" for w in warnings} == set(said)
+
+
+def test_a_plugin_error_keeps_its_cni_error_code() -> None:
+    assert _error_text(b'{"code": 11, "msg": "try again", "details": "lease busy"}', b"") == (
+        "CNI error 11: try again (lease busy)"
+    )
+    assert _error_text(b'{"code": 7, "msg": "bad"}', b"warn\n") == "CNI error 7: bad; warn"
+    assert _error_text(b'{"code": 4}', b"") == "CNI error 4"
+    assert _error_text(b"\xffnot JSON\n", b"") == "\ufffdnot JSON"
+
+
+def test_plugin_output_is_said_as_text(privileged: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _wrapper(tmp_path / "bin", "chatty", "cat >/dev/null\necho 'hello, this is not JSON'\n")
+    monkeypatch.setenv("NETCONFORMANCE_CNI_PATH", str(tmp_path / "bin"))
+    path = _conflist(tmp_path / "n.conflist", {"type": "chatty"})
+    b = NetnsBackend()
+    try:
+        with pytest.raises(BuildError) as raised:
+            b.deploy(from_file(path).render(classic_scenario()))
+    finally:
+        b.teardown()
+    message = str(raised.value)
+    assert message.startswith("node-node-1: CNI chatty ADD for pod-default-pod-a: result is not JSON (")
+    assert message.endswith("): hello, this is not JSON") and "b'" not in message
+
+
+# -- what the run says about them ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Failing:
+    """A backend whose deployments raise `error`, and whose every teardown says `warning` (as a DEL can)."""
+
+    error: Exception
+    warning: str | None = None
+    name: str = "failing"
+    exact: bool = False
+
+    def preflight(self) -> None:
+        pass
+
+    def deploy(self, dataplane: Dataplane) -> None:
+        raise self.error
+
+    def observe(self, probes: Sequence[Probe]) -> list[Observation]:
+        raise AssertionError("never deployed")
+
+    def reset(self) -> None:
+        pass
+
+    def teardown(self) -> None:
+        pass
+
+    def take_warnings(self) -> list[str]:
+        return [] if self.warning is None else [self.warning]
+
+
+def test_could_not_run_names_no_class_for_the_projects_own_errors() -> None:
+    spec, impl = all_specs()["hairpin"], get_implementation("cni-bridge")
+    said = "node-node-1: CNI bridge ADD for pod-default-pod-a: exit 1: failed to allocate"
+    r = run_spec(spec, Failing(BuildError(said)), impl, examples=1, seed=1)
+    assert r.error == said
+    assert run_spec(spec, Failing(BackendUnavailable("gone")), impl, examples=1, seed=1).error == "gone"
+    # An unexpected one keeps its class: it is a bug to report, and the name helps.
+    assert run_spec(spec, Failing(KeyError("x")), impl, examples=1, seed=1).error == "KeyError: 'x'"
+
+
+def test_teardown_warnings_are_notes_said_once_on_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conformance import cli
+
+    backend = Failing(BuildError("could not build"), "node-node-1: CNI x DEL for pod-a: exit 1: no")
+    monkeypatch.setattr(cli, "get_backend", lambda name: backend)
+    argv = ["run", "--backend", "failing", "--spec", "hairpin,dnat", "--examples", "1", "--seed", "1"]
+    assert main([*argv, "--report-dir", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("warning: node-node-1: CNI x DEL for pod-a: exit 1: no") == 1, captured.err
+    assert "warning:" not in captured.out
+    (results,) = tmp_path.glob("*/results.json")
+    notes = [r["notes"] for r in json.loads(results.read_text())["results"]]
+    assert notes == [["warning: node-node-1: CNI x DEL for pod-a: exit 1: no"]] * 2
+
+
+def test_printed_commands_carry_the_plugin_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    impl = f"conflist:{tmp_path / 'my net.conflist'}"
+    case = tmp_path / "case.yaml"
+    r = SpecResult("hairpin", "netns", impl, 1, 0.1, 7)
+    meta = RunMeta.begin([], seed=7, examples=3)
+
+    def commands() -> list[str]:
+        return [
+            rerun_command(r, meta),
+            replay_command(case, spec="hairpin", backend="netns", implementation=impl),
+            compare_command(case, predictor="sim-snapshot", backend="netns", implementation=impl),
+        ]
+
+    monkeypatch.delenv("NETCONFORMANCE_CNI_PATH", raising=False)
+    assert all(c.startswith("netconformance ") for c in commands())
+    monkeypatch.setenv("NETCONFORMANCE_CNI_PATH", "/my plugins:/usr/lib/cni")
+    for command in commands():
+        # As a shell reads it: an assignment (one word, unquoted name), then the command.
+        assert command.startswith("NETCONFORMANCE_CNI_PATH='/my plugins:/usr/lib/cni' netconformance "), command
+        words = shlex.split(command)
+        assert words[0] == "NETCONFORMANCE_CNI_PATH=/my plugins:/usr/lib/cni" and impl in words
+    # Only a conflist's plugins come from there: the built-in implementations say nothing of it.
+    r = SpecResult("hairpin", "netns", "cni-bridge", 1, 0.1, 7)
+    assert rerun_command(r, meta).startswith("netconformance run ")

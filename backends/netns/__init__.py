@@ -29,7 +29,7 @@ from backends import BackendUnavailable, env_seconds
 from backends.netns import build, records
 from backends.netns import snapshot as netns_snapshot
 from backends.netns.build import Netns
-from backends.netns.cni import CniRunner, missing_plugins_message, plugin_types
+from backends.netns.cni import CniRunner, missing_plugins_message, plugin_timeout, plugin_types
 from backends.netns.conntrack import ConntrackFlusher
 from backends.netns.nsutil import NetnsWorker, delete_netns
 from backends.netns.probing import Server, client_socket, open_servers, run_probes
@@ -88,6 +88,7 @@ class NetnsBackend:
         if probe_timeout is None:
             probe_timeout = env_seconds("NETCONFORMANCE_PROBE_TIMEOUT", DEFAULT_PROBE_TIMEOUT)
         self.probe_timeout = probe_timeout
+        self.cni_timeout = plugin_timeout()  # read now: a bad value is said before anything runs
         # Between examples, keep the namespaces when only rules changed.
         self.reuse = reuse
         self.run_id = secrets.token_hex(4)
@@ -105,6 +106,7 @@ class NetnsBackend:
         self._cni: CniRunner | None = None
         self._rebuild = False
         self.cni_errors: list[str] = []  # what CNI DEL reported at teardown
+        self._cni_errors_told = 0  # how many of them take_warnings() returned
 
     # -- the Backend protocol ------------------------------------------------
 
@@ -251,6 +253,13 @@ class NetnsBackend:
         self._rebuild = True  # the pods are detached: the next deploy starts afresh
         return errors
 
+    def take_warnings(self) -> list[str]:
+        """What teardown reported since the last call (CNI DEL errors), each once: the run's verdict stands,
+        but a plugin whose DEL fails leaks on a real node, and its author must hear of it."""
+        new = self.cni_errors[self._cni_errors_told :]
+        self._cni_errors_told = len(self.cni_errors)
+        return list(dict.fromkeys(new))  # each names the node, plugin, DEL and pod already
+
     def kernel_name(self, logical: str) -> str:
         return f"nc-{self.run_id}-{_short(logical)}"
 
@@ -280,7 +289,7 @@ class NetnsBackend:
         self._namespaces = namespaces
         run_dir = Path(record.run_dir)
         if self._cni is None:
-            self._cni = CniRunner(worker, run_dir)
+            self._cni = CniRunner(worker, run_dir, timeout=self.cni_timeout)
         cni = self._cni
         cni.forget()  # the namespaces those attachments lived in are gone
 

@@ -14,19 +14,25 @@ namespace, never in the root namespace. host-local IPAM keeps its state in
 the run's own directory (its ``dataDir`` is always set there), and the
 plugins' ``iptables`` is iptables-legacy with a lock file in the run
 directory, like the backend's own rules (a shim directory first on PATH).
+Each plugin runs in its own session: a plugin that does not answer within
+NETCONFORMANCE_CNI_TIMEOUT seconds is killed with everything it started.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+from ipaddress import ip_interface
 from pathlib import Path
 from typing import Any
 
+from backends import env_seconds
 from backends.netns.build import BuildError, Netns
 from backends.netns.nsutil import NetnsWorker, netns_path
 from conformance.dataplane import CniAttachment
@@ -35,22 +41,37 @@ DEFAULT_CNI_PATH = "/opt/cni/bin:/usr/lib/cni"  # upstream's location, then Debi
 LEGACY_MULTI = "xtables-legacy-multi"
 SHIMMED = ("iptables", "iptables-save", "iptables-restore")
 PLUGIN_TIMEOUT = 30.0
+TIMEOUT_VARIABLE = "NETCONFORMANCE_CNI_TIMEOUT"
+
+
+def plugin_timeout() -> float:
+    """Seconds a plugin may take (BackendUnavailable naming the variable when it is not a positive number)."""
+    return env_seconds(TIMEOUT_VARIABLE, PLUGIN_TIMEOUT)
 
 
 def cni_path() -> str:
     return os.environ.get("NETCONFORMANCE_CNI_PATH", DEFAULT_CNI_PATH)
 
 
+def _candidates(kind: str, path: str | None) -> list[Path]:
+    return [Path(d) / kind for d in (path or cni_path()).split(":") if d and (Path(d) / kind).is_file()]
+
+
 def find_plugin(kind: str, path: str | None = None) -> Path | None:
-    for directory in (path or cni_path()).split(":"):
-        candidate = Path(directory) / kind
-        if directory and candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
+    """The first executable file named `kind` in CNI_PATH, as a runtime looks it up."""
+    return next((c for c in _candidates(kind, path) if os.access(c, os.X_OK)), None)
+
+
+def not_executable(kind: str, path: str | None = None) -> Path | None:
+    """A file named `kind` in CNI_PATH that cannot be run, when no other can: a missing chmod, not a typo."""
+    if find_plugin(kind, path) is not None:
+        return None
+    return next(iter(_candidates(kind, path)), None)
 
 
 def missing_plugins(kinds: list[str], path: str | None = None) -> list[str]:
-    return [k for k in kinds if find_plugin(k, path) is None]
+    """The plugins with no file of their name in CNI_PATH (see not_executable for those that are there)."""
+    return [k for k in kinds if not _candidates(k, path)]
 
 
 # What Debian's containernetworking-plugins installs (in /usr/lib/cni): worth suggesting only for these names.
@@ -79,17 +100,23 @@ DEBIAN_PLUGINS = frozenset(
 
 
 def missing_plugins_message(kinds: list[str]) -> str | None:
-    """None when every plugin is found in CNI_PATH; else which are not, the path searched, and what to do."""
+    """None when every plugin is found in CNI_PATH; else which are not (or cannot run), where, and what to do."""
     missing = missing_plugins(kinds)
-    if not missing:
+    unusable = [p for p in (not_executable(k) for k in kinds) if p is not None]
+    if not missing and not unusable:
         return None
+    said = [f"{p} is not executable (chmod +x it)" for p in unusable]
     where = cni_path()
-    if not where.strip(":"):
-        return f"CNI plugin(s) {', '.join(missing)}: NETCONFORMANCE_CNI_PATH is set but names no directory"
-    advice = "put them in one of those directories, or point NETCONFORMANCE_CNI_PATH at theirs"
-    if set(missing) <= DEBIAN_PLUGINS:
-        advice += " (Debian: apt-get install containernetworking-plugins)"
-    return f"CNI plugin(s) {', '.join(missing)} not found in CNI_PATH {where!r} (NETCONFORMANCE_CNI_PATH): {advice}"
+    if missing and not where.strip(":"):
+        said.insert(0, f"CNI plugin(s) {', '.join(missing)}: NETCONFORMANCE_CNI_PATH is set but names no directory")
+    elif missing:
+        advice = "put them in one of those directories, or point NETCONFORMANCE_CNI_PATH at theirs"
+        if set(missing) <= DEBIAN_PLUGINS:
+            advice += " (Debian: apt-get install containernetworking-plugins)"
+        said.insert(
+            0, f"CNI plugin(s) {', '.join(missing)} not found in CNI_PATH {where!r} (NETCONFORMANCE_CNI_PATH): {advice}"
+        )
+    return "; ".join(said)
 
 
 def plugin_types(conflist: str) -> list[str]:
@@ -150,9 +177,10 @@ def _plugin_config(
 class CniRunner:
     """Executes attachments for one backend run (worker thread only)."""
 
-    def __init__(self, worker: NetnsWorker, run_dir: Path) -> None:
+    def __init__(self, worker: NetnsWorker, run_dir: Path, *, timeout: float = PLUGIN_TIMEOUT) -> None:
         self.worker = worker
         self.run_dir = run_dir
+        self.timeout = timeout
         self.attached: list[Attached] = []
 
     def ipam_dir(self, node: Netns) -> Path:
@@ -174,6 +202,7 @@ class CniRunner:
                     prev = out
             if prev is None:
                 raise BuildError(f"{node.config.name}: CNI ADD for {att.netns}: no plugin returned a result")
+            _check_addresses(f"{node.config.name}: CNI ADD for {att.netns}", att, prev)
             self.attached.append(Attached(node.config.name, att, prev))
 
     def delete(self, node: Netns, namespaces: Mapping[str, Netns]) -> list[str]:
@@ -207,6 +236,9 @@ class CniRunner:
         where = f"{node.config.name}: CNI {kind} {command} for {att.netns}"
         binary = find_plugin(kind)
         if binary is None:
+            unusable = not_executable(kind)
+            if unusable is not None:
+                raise BuildError(f"{where}: {unusable} is not executable")
             raise BuildError(
                 f"{where}: no plugin {kind!r} in CNI_PATH {cni_path()} (Debian: containernetworking-plugins)"
             )
@@ -223,36 +255,96 @@ class CniRunner:
             "CNI_PATH": cni_path(),
             "XTABLES_LOCKFILE": str(self.run_dir / f"{node.kname}.xtables.lock"),
         }
-        # The child inherits the worker thread's namespace: started inside the node.
+        # The child inherits the worker thread's namespace: started inside the node. Its own session, so that
+        # a plugin that hangs goes with whatever it started (which would otherwise keep the node alive).
         with self.worker.inside(node.fd):
             proc = subprocess.Popen(
-                [str(binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+                [str(binary)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,
             )
         try:
-            out, err = proc.communicate(json.dumps(conf).encode(), timeout=PLUGIN_TIMEOUT)
+            out, err = proc.communicate(json.dumps(conf).encode(), timeout=self.timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            # The group outlives its leader only through its members: killed before the leader is reaped, so
+            # the group id cannot have been reused.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            raise BuildError(f"{where}: no answer within {PLUGIN_TIMEOUT:.0f}s") from None
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            raise BuildError(
+                f"{where}: no answer within {self.timeout:g}s (killed with what it started; "
+                f"{TIMEOUT_VARIABLE} sets the limit)"
+            ) from None
         if proc.returncode != 0:
             raise BuildError(f"{where}: exit {proc.returncode}: {_error_text(out, err)}")
         if not out.strip():
             return None
         try:
             result = json.loads(out)
-        except json.JSONDecodeError as e:
-            raise BuildError(f"{where}: result is not JSON ({e}): {out[:200]!r}") from None
+        except ValueError as e:  # not JSON, or not UTF-8
+            raise BuildError(f"{where}: result is not JSON ({e}): {_text(out, 200)}") from None
         if not isinstance(result, dict):
-            raise BuildError(f"{where}: result is not a JSON object")
+            raise BuildError(f"{where}: result is not a JSON object: {_text(out, 200)}")
         return result
 
 
+def _text(data: bytes, limit: int) -> str:
+    """A plugin's output as a person reads it: decoded whatever its bytes, trimmed."""
+    text = data.decode(errors="replace").strip()
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _error_text(out: bytes, err: bytes) -> str:
-    # A plugin reports failure as {"code": n, "msg": ..., "details": ...} on stdout.
+    # A plugin reports failure as {"code": n, "msg": ..., "details": ...} on stdout; the code says which failure
+    # (CNI's well-known ones, 1-99, or the plugin's own).
     try:
         data = json.loads(out)
         text = str(data.get("msg", "")) + (f" ({data['details']})" if data.get("details") else "")
-    except (json.JSONDecodeError, AttributeError):
-        text = out.decode(errors="replace").strip()
-    extra = err.decode(errors="replace").strip()
-    return "; ".join(t for t in (text, extra[:300]) if t) or "no error message"
+        if data.get("code") is not None:
+            text = f"CNI error {data['code']}: {text}" if text else f"CNI error {data['code']}"
+    except (ValueError, AttributeError):  # not JSON, not UTF-8, not an object
+        text = _text(out, 300)
+    extra = _text(err, 300)
+    return "; ".join(t for t in (text, extra) if t) or "no error message"
+
+
+def _result_addresses(result: Mapping[str, Any]) -> list[str]:
+    """The addresses of a CNI result (0.3.0 and later: "ips", each with an "address" in CIDR form)."""
+    ips = result.get("ips")
+    if not isinstance(ips, list):
+        return []
+    return [str(entry["address"]) for entry in ips if isinstance(entry, dict) and entry.get("address")]
+
+
+def _check_addresses(where: str, att: CniAttachment, result: Mapping[str, Any]) -> None:
+    """The pod must have the addresses the scenario asked for (CNI_ARGS IP=): the probes are aimed at them.
+
+    Many IPAMs ignore IP=; without this check every probe would time out and read as a dataplane failure.
+    """
+    wanted = [w for k, v in att.args if k == "IP" for w in v.split(",") if w]
+    if not wanted:
+        return
+    gave = _result_addresses(result)
+    got = {_address(a) for a in gave}
+    missing = [w for w in wanted if _address(w) not in got]
+    if not missing:
+        return
+    given = f"gave {', '.join(gave)}" if gave else "gave no address"
+    raise BuildError(
+        f"{where}: the plugin {given}, the scenario needs {', '.join(missing)}: "
+        "the IPAM must honour CNI_ARGS IP= (host-local does)"
+    )
+
+
+def _address(text: str) -> str:
+    """The address of "10.244.1.10/24" or "10.244.1.10", normalised; anything else as it is."""
+    try:
+        return str(ip_interface(text).ip)
+    except ValueError:
+        return text

@@ -22,7 +22,7 @@ from conformance.compare import CompareResult, Distribution
 from conformance.implementations import broken_implementations
 from conformance.probes import Observation, Outcome, Probe
 from conformance.reporting.meta import RunMeta
-from conformance.reporting.reproduce import SavedCase, case_id
+from conformance.reporting.reproduce import SavedCase, case_id, with_environment
 from conformance.runner import ExampleRecord, SpecResult
 
 FORMAT = "netconformance.io/results/v1"
@@ -82,7 +82,7 @@ def rerun_command(r: SpecResult, meta: RunMeta) -> str:
     words += ["--seed", str(r.seed)]
     if meta.examples is not None:
         words += ["--examples", str(meta.examples)]
-    return shlex.join(words)  # a conflist:PATH may hold spaces
+    return with_environment(shlex.join(words), r.implementation)  # a conflist:PATH may hold spaces
 
 
 def result_json(r: SpecResult, saved: SavedCase | None, meta: RunMeta) -> Json:

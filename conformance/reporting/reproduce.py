@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -18,8 +19,19 @@ def case_id(case: Case) -> str:
     return hashlib.sha256(dump_case(case).encode("utf-8")).hexdigest()[:12]
 
 
+CNI_PATH_VARIABLE = "NETCONFORMANCE_CNI_PATH"
+
+
+def with_environment(command: str, implementation: str) -> str:
+    """`command` as a user pastes it: a conflist's plugins may be found only through NETCONFORMANCE_CNI_PATH."""
+    value = os.environ.get(CNI_PATH_VARIABLE)
+    if value is None or not implementation.startswith("conflist:"):
+        return command
+    return f"{CNI_PATH_VARIABLE}={shlex.quote(value)} {command}"  # quoted as a whole, it would be a command name
+
+
 def replay_command(path: Path, *, spec: str, backend: str, implementation: str) -> str:
-    return shlex.join(
+    command = shlex.join(
         [
             "netconformance",
             "replay",
@@ -32,12 +44,13 @@ def replay_command(path: Path, *, spec: str, backend: str, implementation: str) 
             implementation,
         ]
     )
+    return with_environment(command, implementation)
 
 
 def compare_command(path: Path, *, predictor: str, backend: str, implementation: str) -> str:
     """The command that replays a disagreement's case on both backends, probe by probe."""
     words = ["netconformance", "compare", "--backends", f"{predictor},{backend}", "--implementation", implementation]
-    return shlex.join([*words, "--case", str(path)])
+    return with_environment(shlex.join([*words, "--case", str(path)]), implementation)
 
 
 @dataclass(frozen=True)
