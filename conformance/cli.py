@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import dataclasses
 import importlib
 import json
 import os
 import re
+import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import NoReturn
@@ -57,11 +60,11 @@ from conformance.implementations.foreign import (
 from conformance.loader import ScenarioError, load_scenario
 from conformance.model import Scenario
 from conformance.progress import Progress
-from conformance.reporting import RunMeta, new_run_dir, write_run
+from conformance.reporting import Interruption, RunMeta, RunReport, new_run_dir, write_run
 from conformance.reporting import register as register_report
 from conformance.runner import REPLAY_SAMPLES, WARNING, SpecResult, replay_sampled, run_spec, summarize
 from conformance.snapshot import SnapshotError, dump_dataplane
-from conformance.specs import all_specs, get_spec
+from conformance.specs import Spec, all_specs, get_spec
 from conformance.strategies import classic_scenario
 from conformance.termination import Terminated, unwind_on_termination
 from conformance.tracing import Query, TraceError, trace
@@ -262,14 +265,29 @@ def _judges(spec: str, scenario: Scenario | None) -> bool:
     return scenario is None or (can_run(spec) and nothing_to_probe(spec, scenario) is None)
 
 
+@dataclass
+class Matrix:
+    """What _run_matrix ran: the cells that finished, and the interrupt that stopped it early, if one did."""
+
+    results: list[SpecResult]
+    planned: int  # cells in the matrix
+    interrupt: KeyboardInterrupt | None = None  # Ctrl-C, or Terminated (SIGTERM, SIGHUP)
+
+    def interruption(self) -> Interruption | None:
+        if self.interrupt is None:
+            return None
+        signal = self.interrupt.name if isinstance(self.interrupt, Terminated) else "SIGINT"
+        return Interruption(signal, len(self.results), self.planned)
+
+
 def _run_matrix(
     specs: Sequence[str],
     backends: Sequence[Backend],
     implementations: Sequence[Implementation],
     examples: int,
     seed: int | None,
-) -> list[SpecResult]:
-    results: list[SpecResult] = []
+) -> Matrix:
+    cells: list[tuple[Backend, Implementation, str, Spec]] = []
     for backend in backends:
         for impl in implementations:
             scenario = fixed_scenario(impl)
@@ -279,11 +297,75 @@ def _run_matrix(
                     continue  # said up front (_fixed_scenario_specs)
                 if scenario is not None:
                     spec = on_fixed_scenario(spec, scenario)
-                progress = Progress(f"{spec_name} / {impl.name} / {backend.name}", examples)
-                r = run_spec(spec, backend, impl, examples=examples, seed=seed, on_example=progress.step)
-                progress.finish(r.status)
-                results.append(r)
-    return results
+                cells.append((backend, impl, spec_name, spec))
+    results: list[SpecResult] = []
+    progress: Progress | None = None
+    backend = backends[0]  # the backend of the cell running: torn down again after an interrupt
+    try:
+        for backend, impl, spec_name, spec in cells:
+            progress = Progress(f"{spec_name} / {impl.name} / {backend.name}", examples)
+            r = run_spec(spec, backend, impl, examples=examples, seed=seed, on_example=progress.step)
+            results.append(r)  # first: an interrupt from here on leaves this cell finished
+            done, progress = progress, None
+            done.finish(r.status)
+    except KeyboardInterrupt as e:
+        # The cells that finished are kept (the caller reports them); the one cut short is not.
+        if progress is not None:
+            progress.finish("interrupted")
+        matrix = Matrix(results, len(cells), e)
+        _say_stopped(e)
+        _say_cleanup(backends)  # before teardown: should a second signal or SIGKILL cut it short
+        # run_spec tore the cell down on its way out; again, in case a second Ctrl-C cut that short (idempotent).
+        backend.teardown()
+        return matrix
+    except Exception:
+        _say_cleanup(backends)  # a crash (a teardown that failed, say) may leave what the run built
+        raise
+    return Matrix(results, len(cells))
+
+
+def _backend_run_ids(backends: Sequence[Backend]) -> dict[str, str]:
+    """Each real backend's own run id, which names what it builds (sim-snapshot builds on netns, as `live`)."""
+    ids: dict[str, str] = {}
+    for backend in backends:
+        run_id = getattr(backend, "run_id", None) or getattr(getattr(backend, "live", None), "run_id", None)
+        if isinstance(run_id, str):
+            ids[backend.name] = run_id
+    return ids
+
+
+def _say_cleanup(backends: Sequence[Backend]) -> None:
+    """The exact command that removes what a real backend may have left (its run id is not the report's)."""
+    for name, run_id in _backend_run_ids(backends).items():
+        print(
+            f"netconformance: {name} run {run_id}; should it have left anything: netconformance cleanup --run {run_id}",
+            file=sys.stderr,
+        )
+
+
+def _say_stopped(e: KeyboardInterrupt) -> int:
+    """Say that the command was interrupted; the exit code for it (130 for Ctrl-C, 128 + the signal otherwise)."""
+    if isinstance(e, Terminated):
+        print(f"netconformance: terminated by {e.name}; tearing down what this run built", file=sys.stderr)
+    else:
+        print("netconformance: interrupted", file=sys.stderr)
+    return _exit_code(e)
+
+
+def _exit_code(e: KeyboardInterrupt) -> int:
+    return e.exit_code if isinstance(e, Terminated) else 130  # 130: the shell's code for Ctrl-C (128 + SIGINT)
+
+
+def _report_matrix(matrix: Matrix, backends: Sequence[Backend], run_dir: Path, meta: RunMeta) -> RunReport:
+    """The report of the cells that finished: all of them, or (interrupted) those before the interrupt."""
+    meta = dataclasses.replace(meta, interrupted=matrix.interruption(), backend_runs=_backend_run_ids(backends))
+    return write_run(run_dir, results=matrix.results, meta=meta)
+
+
+def _say_interrupted(matrix: Matrix) -> None:
+    stop = matrix.interruption()
+    if stop is not None:
+        print(f"\n{stop.describe()}: {stop.cells_planned - stop.cells_run} did not run")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -298,8 +380,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         _fail(f"--implementation {','.join(i.name for i in implementations)}: no spec can judge it (see above)")
     run_dir = _run_dir(args.report_dir)
     meta = RunMeta.begin(args.argv, seed=args.seed, examples=args.examples)
-    results = _run_matrix(specs, backends, implementations, args.examples, args.seed)
-    report = write_run(run_dir, results=results, meta=meta)
+    matrix = _run_matrix(specs, backends, implementations, args.examples, args.seed)
+    if matrix.interrupt is not None and not matrix.results:
+        _forget_empty_run_dirs()  # nothing finished, nothing to report
+        return _exit_code(matrix.interrupt)
+    report = _report_matrix(matrix, backends, run_dir, meta)
+    results = matrix.results
     warned: set[str] = set()
     for r in results:
         for note in r.notes:
@@ -315,6 +401,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         elif r.error is not None:
             print(f"\n{r.spec} on {r.backend}: could not run: {r.error}")
     print("\n" + summarize(results))
+    _say_interrupted(matrix)
     failed = [r for r in results if r.failure is not None]
     errored = [r for r in results if r.failure is None and r.error is not None]
     seeds = sorted({r.seed for r in results})
@@ -323,6 +410,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"\n{len(results) - len(failed) - len(errored)} passed, {len(failed)} failed{could_not}; "
         f"seed {', '.join(map(str, seeds))}; report {report.html}"
     )
+    if matrix.interrupt is not None:
+        return _exit_code(matrix.interrupt)
     # A broken promise is a finding (1); a spec that could not run at all (a plugin's ADD failed, say) is not (2).
     return 1 if failed else 2 if errored else 0
 
@@ -335,8 +424,13 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     names = [REFERENCE, *(i.name for i in broken_implementations(cni_plugins=cni))]
     run_dir = _run_dir(args.report_dir)
     meta = RunMeta.begin(args.argv, seed=args.seed, examples=args.examples)
-    results = _run_matrix(specs, backends, [get_implementation(n) for n in names], args.examples, args.seed)
-    report = write_run(run_dir, results=results, meta=meta)
+    matrix = _run_matrix(specs, backends, [get_implementation(n) for n in names], args.examples, args.seed)
+    if matrix.interrupt is not None and not matrix.results:
+        _forget_empty_run_dirs()  # nothing finished, nothing to report
+        return _exit_code(matrix.interrupt)
+    report = _report_matrix(matrix, backends, run_dir, meta)
+    results = matrix.results
+    by_cell = {(r.spec, r.implementation, r.backend): r for r in results}
     errors = [r for r in results if r.error]
     for r in errors:
         print(f"{r.spec} / {r.implementation} / {r.backend}: could not run: {r.error}")
@@ -344,29 +438,30 @@ def cmd_mutants(args: argparse.Namespace) -> int:
     # With --spec, only the specs run are asked: an implementation another spec catches still shows here.
     by = "any spec" if len(specs) == len(all_specs()) else f"the specs run ({', '.join(specs)})"
     for backend in backends:
-        print(f"\nbackend {backend.name}: which spec caught which implementation (x caught, E error)")
+        not_run = ", - not run" if matrix.interrupt is not None else ""
+        print(f"\nbackend {backend.name}: which spec caught which implementation (x caught, E error{not_run})")
         width = max(len(n) for n in names)
         print(" " * width + "  " + "  ".join(specs))
         for name in names:
-            row = [r for r in results if r.implementation == name and r.backend == backend.name]
-            # x: the spec caught it; E: the run could not judge (an error is never a catch).
+            row = [by_cell.get((s, name, backend.name)) for s in specs]
+            ran = [r for r in row if r is not None]
+            # x: the spec caught it; E: the run could not judge (an error is never a catch); -: interrupted before.
             cells = [
-                ("x" if r.failure is not None else "E" if r.error is not None else ".").center(len(s))
+                ("-" if r is None else "x" if r.failure is not None else "E" if r.error is not None else ".").center(
+                    len(s)
+                )
                 for s, r in zip(specs, row, strict=True)
             ]
-            hit = any(r.failure is not None for r in row)
+            hit = any(r.failure is not None for r in ran)
             verdict = ""
-            if name == REFERENCE and any(not r.passed for r in row):
+            if name == REFERENCE and any(not r.passed for r in ran):
                 verdict, bad = "  <- the reference must pass every spec", bad + 1
-            elif name != REFERENCE and not hit:
+            elif name != REFERENCE and not hit and len(ran) == len(row):  # a spec that did not run may catch it
                 verdict, bad = f"  <- NOT CAUGHT by {by}", bad + 1
             print(name.ljust(width) + "  " + "  ".join(cells) + verdict)
         for s in specs:
-            if not any(
-                r.failure is not None
-                for r in results
-                if r.spec == s and r.backend == backend.name and r.implementation != REFERENCE
-            ):
+            column = [by_cell.get((s, name, backend.name)) for name in names[1:]]
+            if all(r is not None and r.failure is None for r in column):
                 print(f"spec {s} caught no broken implementation: a spec that cannot fail is a bug")
                 bad += 1
     caught = sum(
@@ -375,11 +470,14 @@ def cmd_mutants(args: argparse.Namespace) -> int:
         for b in backends
         if any(r.failure is not None for r in results if r.implementation == name and r.backend == b.name)
     )
+    _say_interrupted(matrix)
     print(
         f"\n{caught} of {len(names) - 1} broken implementations caught per backend x {len(backends)}; problems: {bad}"
     )
     print(f"each cell's rerun command, with its seed, is in {report.results_json}")
     print(f"report {report.html}")
+    if matrix.interrupt is not None:
+        return _exit_code(matrix.interrupt)
     return 1 if bad else 2 if errors else 0
 
 
@@ -553,22 +651,60 @@ def _compare_case(path: str, predictor: Backend, real: Sequence[Backend], impl: 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     removed: list[str] = []
     problems = 0
+    of_run = f" of run {args.run}" if args.run else ""
     for name in backend_names():
         module = sys.modules.get(f"backends.{name}") or _import_backend_module(name)
         clean = getattr(module, "cleanup", None) if module is not None else None
         if not callable(clean):
             continue
         try:
-            removed += [f"{name}: {item}" for item in clean(args.run)]
+            found = [f"{name}: {item}" for item in clean(args.run)]
         except BackendUnavailable as e:
-            print(f"{name}: nothing to clean here ({e})")
+            absent = _nothing_there(name)
+            # Install hints only where state may exist that could not be checked (a daemon stopped, say).
+            print(f"{name}: nothing to check ({absent})" if absent else f"{name}: could not check: {e}")
+            continue
         except OSError as e:  # one backend's failure must not stop the others
             problems += 1
             print(f"{name}: cleanup failed: {e}", file=sys.stderr)
+            continue
+        if not found:
+            print(f"{name}: nothing left{of_run} (checked {_cleanup_checks(name)})")
+        removed += found
     for line in removed:
         print(f"removed {line}")
     print(f"cleanup: {len(removed)} object(s) removed" + (f" for run {args.run}" if args.run else ""))
     return 1 if problems else 0
+
+
+def _cleanup_checks(name: str) -> str:
+    """What backend `name`'s cleanup looks at, said when it finds nothing."""
+    if name == "netns":
+        from backends.netns.records import STATE_DIR
+
+        return f"the run records in {STATE_DIR}"
+    known = {
+        "docker": "containers and networks labelled by netconformance",
+        "kind": "namespaces labelled by netconformance in the cluster",
+    }
+    return known.get(name, "what it records")
+
+
+def _nothing_there(name: str) -> str | None:
+    """Why backend `name` cannot have left anything on this machine (what it runs on is not here at all), or None
+    when its state may exist and could not be checked for a reason the user can fix."""
+    if name == "docker":
+        from backends.docker.daemon import docker_host
+
+        host = docker_host()
+        if host.startswith("unix://") and not Path(host.removeprefix("unix://")).exists():
+            return f"no Docker daemon on this machine: {host} does not exist"
+    if name == "kind":
+        from backends.kind.cluster import Settings
+
+        if Settings.from_env().uses_kind and shutil.which("kind") is None:
+            return "no kind binary on PATH and no NETCONFORMANCE_KUBECONFIG"
+    return None
 
 
 def _import_backend_module(name: str) -> object | None:
@@ -796,14 +932,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BackendError as e:  # replay and snapshot deploy once, outside run_spec's per-cell errors
         print(f"netconformance: the backend could not build the dataplane: {e}", file=sys.stderr)
         return 2
-    except Terminated as e:
-        print(f"netconformance: terminated by {e.name}; tearing down what this run built", file=sys.stderr)
+    except KeyboardInterrupt as e:  # also Terminated (SIGTERM, SIGHUP)
+        code = _say_stopped(e)
         _forget_empty_run_dirs()
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("netconformance: interrupted", file=sys.stderr)
-        _forget_empty_run_dirs()
-        return 130
+        return code
 
 
 def _hypothesis_home() -> Path:

@@ -5,17 +5,21 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from backends import BackendUnavailable
 from backends.netns import NetnsBackend
 from backends.netns.build import BuildError
+from backends.sim import SimBackend
 from conformance import cli
 from conformance.cases import Case, dump_case
 from conformance.cli import main
@@ -23,8 +27,10 @@ from conformance.dataplane import Dataplane
 from conformance.implementations import get_implementation
 from conformance.probes import Probe
 from conformance.pytest_plugin import _backend_option
+from conformance.runner import SpecResult
 from conformance.snapshot import dump_dataplane
 from conformance.strategies import classic_scenario
+from conformance.termination import Terminated
 
 from scripted import Scripted
 
@@ -405,3 +411,108 @@ def test_a_spec_that_could_not_run_is_exit_2_not_a_failure(
     argv += ["--implementation", "hairpin-mode-off"]
     assert main([*argv, "--backend", "sim,cannot-build"]) == 1
     assert "0 passed, 1 failed, 1 could not run" in capsys.readouterr().out
+
+
+def _interrupt_cell(monkeypatch: pytest.MonkeyPatch, which: int, interrupt: KeyboardInterrupt) -> None:
+    """Make the `which`-th cell (1-based) of the CLI's matrix be cut short by `interrupt` (Ctrl-C, SIGTERM)."""
+    real, calls = cli.run_spec, []
+
+    def run_spec(*args: Any, **kwargs: Any) -> SpecResult:
+        calls.append(args)
+        if len(calls) == which:
+            raise interrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "run_spec", run_spec)
+
+
+@pytest.mark.parametrize(
+    ("interrupt", "code", "said"),
+    [
+        (KeyboardInterrupt(), 130, "netconformance: interrupted"),
+        (Terminated(signal.SIGTERM), 143, "netconformance: terminated by SIGTERM"),
+    ],
+)
+def test_an_interrupted_run_reports_the_cells_that_finished(
+    interrupt: KeyboardInterrupt,
+    code: int,
+    said: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _interrupt_cell(monkeypatch, 2, interrupt)
+    # A real backend's own run id names what it built; `cleanup --run` takes it (sim has none: lend it one).
+    monkeypatch.setattr(SimBackend, "run_id", "1f2e3d4c", raising=False)
+    argv = ["run", "--spec", "connectivity,dnat,hairpin", "--examples", "3", "--seed", "1"]
+    assert main([*argv, "--report-dir", str(tmp_path)]) == code
+    out, err = capsys.readouterr()
+    signal_name = "SIGINT" if code == 130 else "SIGTERM"
+    stopped = f"interrupted by {signal_name} after 1 of 3 cells"
+    # The summary: the cell that finished, and what did not run.
+    assert re.search(r"^connectivity +sim +reference +pass ", out, re.MULTILINE), out
+    assert not re.search(r"^(dnat|hairpin) ", out, re.MULTILINE), out
+    assert f"{stopped}: 2 did not run" in out and "1 passed, 0 failed; seed 1" in out
+    assert said in err and "netconformance cleanup --run 1f2e3d4c" in err
+    # The report: that cell, marked as a partial run.
+    (run_dir,) = tmp_path.iterdir()
+    doc = json.loads((run_dir / "results.json").read_text())
+    assert [(r["spec"], r["status"]) for r in doc["results"]] == [("connectivity", "pass")]
+    assert doc["run"]["interrupted"] == {"signal": signal_name, "cells_run": 1, "cells_planned": 3}
+    assert doc["run"]["backend_runs"] == {"sim": "1f2e3d4c"}
+    html = (run_dir / "index.html").read_text()
+    assert stopped in html and "sim 1f2e3d4c" in html
+    # Cut short before any cell finished: nothing to report, and the empty report directory goes.
+    _interrupt_cell(monkeypatch, 1, interrupt)
+    assert main([*argv, "--report-dir", str(tmp_path / "none")]) == code
+    assert said in capsys.readouterr().err and list((tmp_path / "none").iterdir()) == []
+
+
+def test_interrupted_mutants_report_what_ran_and_judge_only_that(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _interrupt_cell(monkeypatch, 2, KeyboardInterrupt())
+    argv = ["mutants", "--spec", "hairpin", "--examples", "3", "--seed", "1", "--report-dir", str(tmp_path)]
+    assert main(argv) == 130
+    out = capsys.readouterr().out
+    assert re.search(r"^reference +\. *$", out, re.MULTILINE), out
+    assert re.search(r"^hairpin-mode-off +- *$", out, re.MULTILINE), out  # not run, so not "NOT CAUGHT"
+    assert "NOT CAUGHT" not in out and "caught no broken implementation" not in out
+    assert "interrupted by SIGINT after 1 of " in out
+    (run_dir,) = tmp_path.iterdir()
+    doc = json.loads((run_dir / "results.json").read_text())
+    assert [(r["spec"], r["implementation"]) for r in doc["results"]] == [("hairpin", "reference")]
+    assert doc["run"]["interrupted"]["cells_run"] == 1
+
+
+def test_cleanup_with_nothing_left_says_what_it_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import backends.docker
+    import backends.kind
+    import backends.netns
+
+    def unavailable(message: str) -> Any:
+        def clean(run_id: str | None) -> list[str]:
+            raise BackendUnavailable(message)
+
+        return clean
+
+    monkeypatch.setattr(backends.netns, "cleanup", lambda run_id: [])
+    hint = "install Docker (Debian: apt-get install docker.io) and start it"
+    monkeypatch.setattr(backends.docker, "cleanup", unavailable(f"docker backend: no Docker daemon answers: {hint}"))
+    monkeypatch.setattr(backends.kind, "cleanup", unavailable("kind backend: the kind binary is not on PATH; install"))
+    # No daemon here at all: nothing it could have left, so no install hints.
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/docker.sock")
+    monkeypatch.delenv("NETCONFORMANCE_KUBECONFIG", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert main(["cleanup", "--run", "1f2e3d4c"]) == 0
+    out = capsys.readouterr().out
+    assert "netns: nothing left of run 1f2e3d4c (checked the run records in " in out
+    assert f"docker: nothing to check (no Docker daemon on this machine: unix://{tmp_path}/docker.sock" in out
+    assert "kind: nothing to check (no kind binary on PATH and no NETCONFORMANCE_KUBECONFIG)" in out
+    assert "install" not in out and out.rstrip().endswith("cleanup: 0 object(s) removed for run 1f2e3d4c")
+    # A daemon that is there but does not answer may hold what a run left: the hint stays.
+    (tmp_path / "docker.sock").touch()
+    assert main(["cleanup"]) == 0
+    assert f"docker: could not check: docker backend: no Docker daemon answers: {hint}" in capsys.readouterr().out

@@ -25,6 +25,7 @@ from conformance.compare import CompareResult, Disagreement, Distribution
 from conformance.implementations import get_implementation
 from conformance.probes import Observation, Outcome
 from conformance.reporting import (
+    Interruption,
     RunMeta,
     RunReport,
     compare_with_baseline,
@@ -916,3 +917,32 @@ def test_committed_baseline_is_a_passing_reference_run() -> None:
     assert {s for s, _, _ in cells} == {"connectivity", "dnat", "hairpin", "policy", "accept-local"}
     assert {(b, i) for _, b, i in cells} == {("sim", "reference")}
     assert all(r["records"] for r in doc["results"])
+
+
+def test_a_partial_run_says_so_in_its_report_and_its_diff(
+    known: KnownRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    full = RunMeta(datetime.now(UTC), ("netconformance", "run"))
+    baseline = write_run(tmp_path / "base", results=known.results, meta=full).results_json
+    cut = Interruption("SIGTERM", 1, 2)
+    meta = replace(full, interrupted=cut, backend_runs={"netns": "1f2e3d4c"})
+    partial = write_run(tmp_path / "partial", results=known.results[:1], meta=meta)
+    run = json.loads(partial.results_json.read_text(encoding="utf-8"))["run"]
+    assert run["interrupted"] == {"signal": "SIGTERM", "cells_run": 1, "cells_planned": 2}
+    assert run["backend_runs"] == {"netns": "1f2e3d4c"}
+    html = partial.html.read_text(encoding="utf-8")
+    assert "interrupted by SIGTERM after 1 of 2 cells: the other cells did not run" in html
+    assert "netns 1f2e3d4c" in html
+    # `report` tells a partial run from one that lost cells: the missing one was not reached.
+    diff = compare_with_baseline(partial.results_json, baseline)
+    assert diff.interrupted == "interrupted by SIGTERM after 1 of 2 cells" and not diff.regressed
+    assert "  a partial run: interrupted by SIGTERM after 1 of 2 cells" in render_diff(diff)
+    assert compare_with_baseline(baseline, baseline).interrupted is None
+    assert json.loads(baseline.read_text(encoding="utf-8"))["run"]["interrupted"] is None
+
+    doc = json.loads(partial.results_json.read_text(encoding="utf-8"))
+    doc["run"]["interrupted"]["cells_run"] = "1"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc), encoding="utf-8")
+    err = _report_error(["--baseline", str(baseline), str(bad)], capsys)
+    assert f'{bad}: run.interrupted.cells_run: expected a count, found "1"' in err

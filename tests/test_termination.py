@@ -3,6 +3,7 @@ tests/test_netns.py checks that a terminated netns run leaves no namespace behin
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -111,3 +112,36 @@ def test_checkpoint_raises_a_termination_whose_exception_was_lost() -> None:
         [sys.executable, "-c", LOST], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
     )
     assert done.stdout.splitlines() == ["swallowed", "terminated by SIGTERM"], done.stderr
+
+
+def test_a_terminated_run_keeps_the_report_of_the_cells_that_finished(tmp_path: Path) -> None:
+    """SIGTERM once the first of three cells has finished (sim): its report and summary stay, the exit code says
+    SIGTERM."""
+    argv = ["run", "--backend", "sim", "--spec", "connectivity,dnat,hairpin", "--examples", "200", "--seed", "1"]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "conformance.cli", *argv, "--report-dir", str(tmp_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stderr is not None
+        for line in child.stderr:  # off a terminal, the progress says each finished cell on a line of its own
+            if line.startswith("connectivity / reference / sim"):
+                child.send_signal(signal.SIGTERM)
+                break
+        out, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 128 + signal.SIGTERM, err
+    assert "netconformance: terminated by SIGTERM" in err and "Traceback" not in err
+    assert "interrupted by SIGTERM after 1 of 3 cells: 2 did not run" in out, err
+    assert any(line.split()[:4] == ["connectivity", "sim", "reference", "pass"] for line in out.splitlines())
+    (run_dir,) = tmp_path.iterdir()
+    doc = json.loads((run_dir / "results.json").read_text())
+    assert [r["spec"] for r in doc["results"]] == ["connectivity"]
+    assert doc["run"]["interrupted"] == {"signal": "SIGTERM", "cells_run": 1, "cells_planned": 3}
+    assert "interrupted by SIGTERM after 1 of 3 cells" in (run_dir / "index.html").read_text()

@@ -6,12 +6,13 @@ from conformance.reporting.baseline import BaselineDiff, OutcomeChange, StatusCh
 from conformance.reporting.command import cmd_report, register
 from conformance.reporting.corpus import CorpusEntry, add_to_corpus, load_corpus
 from conformance.reporting.document import ResultsError
-from conformance.reporting.meta import RunMeta
+from conformance.reporting.meta import Interruption, RunMeta
 from conformance.reporting.run import RunReport, new_run_dir, write_run
 
 __all__ = [
     "BaselineDiff",
     "CorpusEntry",
+    "Interruption",
     "OutcomeChange",
     "ResultsError",
     "RunMeta",

@@ -62,6 +62,7 @@ class BaselineDiff:
     no_longer_caught: tuple[StatusChange, ...] = ()  # broken implementations the baseline caught and the run passes
     caught: int = 0  # the run's cells of broken implementations a spec caught (FAIL), as intended
     versions: tuple[tuple[str, str | None, str | None], ...] = ()  # (tool, baseline's, run's) where they differ
+    interrupted: str | None = None  # the run was cut short: the baseline's cells it did not reach are `missing`
 
     @property
     def regressed(self) -> bool:
@@ -126,6 +127,7 @@ def compare_with_baseline(run: Path, baseline: Path) -> BaselineDiff:
         tuple(lost),
         caught,
         versions,
+        run_doc.interrupted,
     )
 
 
@@ -166,7 +168,10 @@ def _set(keys: frozenset[str]) -> str:
 
 
 def render_diff(diff: BaselineDiff) -> str:
-    lines = [f"run {diff.run}", f"  against baseline {diff.baseline}", ""]
+    lines = [f"run {diff.run}", f"  against baseline {diff.baseline}"]
+    if diff.interrupted:
+        lines.append(f"  a partial run: {diff.interrupted}")
+    lines.append("")
     lines.append(f"new failures: {len(diff.new_failures)}")
     for s in diff.new_failures:
         was = "not in baseline" if s.before is None else f"was {s.before}"

@@ -9,6 +9,7 @@ where someone will read them (all of them would multiply the file's size).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,7 @@ from conformance.cases import dump_case
 from conformance.compare import CompareResult, Distribution
 from conformance.implementations import broken_implementations
 from conformance.probes import Observation, Outcome, Probe
-from conformance.reporting.meta import RunMeta
+from conformance.reporting.meta import Interruption, RunMeta
 from conformance.reporting.reproduce import SavedCase, case_id, with_environment
 from conformance.runner import ExampleRecord, SpecResult
 
@@ -181,6 +182,8 @@ def run_json(
             "seeds": seeds,
             "versions": dict(versions),
             "tags": dict(meta.tags),
+            "interrupted": None if meta.interrupted is None else dataclasses.asdict(meta.interrupted),
+            "backend_runs": dict(meta.backend_runs),
         },
         "results": list(results),
         "comparisons": list(comparisons),
@@ -230,6 +233,7 @@ class Results:
 
     cells: list[Cell]
     versions: dict[str, str]  # tool -> version (python, hypothesis, kernel, ...); empty for the older flat list
+    interrupted: str | None = None  # how a run cut short ended ("interrupted by SIGINT after 1 of 4 cells")
 
 
 def load_results(path: Path) -> Results:
@@ -251,7 +255,7 @@ def load_results(path: Path) -> Results:
     except ValueError as e:  # JSONDecodeError, and also integers too long to convert
         raise ResultsError(f"{path}: not JSON: {e}") from None
     try:
-        return Results(_cells(doc), _versions(doc))
+        return Results(_cells(doc), _versions(doc), _interrupted(doc))
     except _Malformed as e:
         raise ResultsError(f"{path}: {e}") from None
 
@@ -314,6 +318,25 @@ def _versions(doc: object) -> dict[str, str]:
         return {}
     versions = _object(run["versions"], "run.versions")
     return {name: _text(value, f"run.versions.{name}") for name, value in versions.items() if value is not None}
+
+
+def _interrupted(doc: object) -> str | None:
+    """run.interrupted: optional (older files have none); null for a run that ran every cell."""
+    if not isinstance(doc, dict) or "run" not in doc:
+        return None
+    run = _object(doc["run"], "run")
+    if run.get("interrupted") is None:
+        return None
+    where = "run.interrupted"
+    stop = _object(run["interrupted"], where)
+
+    def count(name: str) -> int:
+        value, at = _at(stop, name, where)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise _Malformed(f"{at}: expected a count, found {_found(value)}")
+        return value
+
+    return Interruption(_string(*_at(stop, "signal", where)), count("cells_run"), count("cells_planned")).describe()
 
 
 def _cell(value: object, where: str, *, records: bool) -> Cell:

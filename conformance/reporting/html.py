@@ -12,6 +12,7 @@ from html import escape
 from pathlib import Path
 
 from conformance.reporting.document import Json
+from conformance.reporting.meta import Interruption
 from conformance.reporting.svg import OBSERVED, PREDICTED, distribution_svg
 
 CSS = f"""
@@ -34,6 +35,7 @@ td.cell .detail, th .detail {{ display: block; font-weight: normal; font-size: 1
 .pass {{ background: #d9f2dd; color: #11501c; }}
 .FAIL {{ background: #f9d0cc; color: #7a0d05; }}
 .ERROR {{ background: #fde8b6; color: #6b4500; }}
+.interrupted {{ background: #fff3cd; color: #664d03; padding: 4px 8px; font-weight: bold; }}
 .missing {{ background: #fafafa; color: #999; }}
 article {{ border: 1px solid #ddd; border-left: 6px solid #c33; padding: 10px 14px; margin: 14px 0; }}
 article.error {{ border-left-color: #d9a400; }}
@@ -82,9 +84,18 @@ def _header(doc: Json) -> str:
         f'<span class="ERROR">&nbsp;{statuses.count("ERROR")} ERROR&nbsp;</span>'
         f"<span>{disagreements} backend disagreement(s)</span></p>"
     )
+    backend_runs = run.get("backend_runs") or {}
+    if backend_runs:  # what `netconformance cleanup --run ID` takes, should a backend have left something
+        rows.append(("backend runs", ", ".join(f"{name} {run_id}" for name, run_id in backend_runs.items())))
     meta = "".join(f"<dt>{_e(k)}</dt><dd><code>{_e(v)}</code></dd>" for k, v in rows)
+    stop = run.get("interrupted")
+    # A partial run: cells it did not reach are missing from the matrix, not passed.
+    interrupted = (
+        f'<p class="interrupted">{_e(Interruption(**stop).describe())}: the other cells did not run</p>' if stop else ""
+    )
     return (
-        f'<header><h1>netconformance run <code>{_e(run["id"])}</code></h1>{totals}<dl class="meta">{meta}</dl></header>'
+        f"<header><h1>netconformance run <code>{_e(run['id'])}</code></h1>{interrupted}{totals}"
+        f'<dl class="meta">{meta}</dl></header>'
     )
 
 

@@ -14,6 +14,18 @@ import hypothesis
 
 
 @dataclass(frozen=True)
+class Interruption:
+    """A run cut short (Ctrl-C, SIGTERM): its report holds only the cells that finished."""
+
+    signal: str  # "SIGINT", "SIGTERM", "SIGHUP"
+    cells_run: int
+    cells_planned: int
+
+    def describe(self) -> str:
+        return f"interrupted by {self.signal} after {self.cells_run} of {self.cells_planned} cells"
+
+
+@dataclass(frozen=True)
 class RunMeta:
     """Facts about a run that the results themselves do not carry."""
 
@@ -24,6 +36,9 @@ class RunMeta:
     examples: int | None = None  # the --examples asked for, so a re-run command can repeat it
     finished: datetime | None = None  # None: when write_run is called
     tags: dict[str, str] = field(default_factory=dict)  # free-form, e.g. a CI job URL
+    interrupted: Interruption | None = None  # None: every cell ran
+    # Each real backend's own run id (it names what the backend built): `netconformance cleanup --run ID` takes it.
+    backend_runs: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def begin(cls, argv: Sequence[str], *, seed: int | None = None, examples: int | None = None) -> RunMeta:
