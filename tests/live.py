@@ -133,6 +133,17 @@ MEASURED = {
         Probe(POD_B, SVC, 80, "TCP"),  # hairpin
         "refused",  # EHOSTUNREACH
     ),
+    # -m connmark (the simulator once refused it as not modelled): the connection's mark, and no match at all
+    # without a connection (the raw table), even inverted.
+    "connmark-set-then-matched": Measured(
+        "-A PREROUTING -p udp -d 10.244.1.11 -j CONNMARK --set-mark 0x1\n-A FORWARD -m connmark --mark 0x1/0x1 -j DROP\n",
+        Probe(POD_A, B, 8080, "UDP"),
+        "dropped",
+        "mangle",
+    ),
+    "connmark-without-connection": Measured(
+        "-A PREROUTING -p udp -m connmark ! --mark 0x1 -j DROP\n", Probe(POD_A, B, 8080, "UDP"), "delivered", "raw"
+    ),
     # REJECT's verdict is NF_DROP: the client's sendto fails with EPERM even when its ICMP error is lost.
     "client-reject-in-output-answer-lost": Measured(
         "-A OUTPUT -p udp --dport 8080 -j REJECT\n-A OUTPUT -p icmp -j DROP\n",

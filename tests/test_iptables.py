@@ -297,7 +297,7 @@ def test_unknown_match_module() -> None:
     assert e.text == "-A KUBE-SVC-X -m set --match-set foo src -j ACCEPT"
     assert str(e).startswith(
         "rules.txt:3: -A KUBE-SVC-X -m set --match-set foo src -j ACCEPT: "
-        "match extension 'set' is not modelled by the simulator (modelled: addrtype, comment, conntrack, "
+        "match extension 'set' is not modelled by the simulator (modelled: addrtype, comment, connmark, conntrack, "
     )
 
 

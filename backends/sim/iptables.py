@@ -172,6 +172,15 @@ class MarkMatch:
 
 
 @dataclass(frozen=True)
+class ConnmarkMatch:
+    """(connection mark & mask) == value; false without a connection, inverted or not (xt_connmark)."""
+
+    value: int
+    mask: int = _MASK32
+    invert: bool = False
+
+
+@dataclass(frozen=True)
 class ConntrackMatch:
     state: Selection | None = None
     status: Selection | None = None
@@ -255,6 +264,7 @@ Match = (
     | MultiportMatch
     | CommentMatch
     | MarkMatch
+    | ConnmarkMatch
     | ConntrackMatch
     | StateMatch
     | AddrtypeMatch
@@ -635,6 +645,7 @@ _MATCH_OPTIONS: dict[str, _Spec] = {
     },
     "comment": {"--comment": ("comment", 1, False)},
     "mark": {"--mark": ("mark", 1, True)},
+    "connmark": {"--mark": ("mark", 1, True)},
     "conntrack": {
         "--ctstate": ("ctstate", 1, True),
         "--ctstatus": ("ctstatus", 1, True),
@@ -826,6 +837,11 @@ def _finish_match(ext: _Ext, info: _RuleInfo) -> Match | None:
             raise _Refused("mark match needs --mark")
         v, m = _value_mask(ext.value("mark"), "mark")
         return MarkMatch(v, _MASK32 if m is None else m, ext.inverted("mark"))
+    if name == "connmark":
+        if not ext.has("mark"):
+            raise _Refused("connmark match needs --mark")
+        v, m = _value_mask(ext.value("mark"), "mark")
+        return ConnmarkMatch(v, _MASK32 if m is None else m, ext.inverted("mark"))
     if name == "conntrack":
         return _finish_conntrack(ext)
     if name == "state":

@@ -26,6 +26,7 @@ from backends.sim.iptables import (
     AddrMatch,
     AddrtypeMatch,
     CommentMatch,
+    ConnmarkMatch,
     ConnmarkTarget,
     ConntrackMatch,
     IcmpMatch,
@@ -213,6 +214,14 @@ def _compile_match(m: Match, rule: Rule, index: int) -> Pred | None:
     if isinstance(m, MarkMatch):
         value, mask, inv = m.value, m.mask, m.invert
         return lambda p, c: ((p.mark & mask) == value) != inv
+    if isinstance(m, ConnmarkMatch):
+        cvalue, cmask, cinv = m.value, m.mask, m.invert
+
+        def connmark(p: Packet, c: HookContext) -> bool:
+            ct = _conn(p)
+            return ct is not None and ((ct.mark & cmask) == cvalue) != cinv
+
+        return connmark
     if isinstance(m, ConntrackMatch):
         return _compile_conntrack(m)
     if isinstance(m, StateMatch):
