@@ -144,6 +144,20 @@ MEASURED = {
     "connmark-without-connection": Measured(
         "-A PREROUTING -p udp -m connmark ! --mark 0x1 -j DROP\n", Probe(POD_A, B, 8080, "UDP"), "delivered", "raw"
     ),
+    # NOTRACK and CT --notrack (node-local-dns' raw rules): the packet skips conntrack, so NAT too, and is
+    # UNTRACKED to later rules; a client's ACK after an untracked SYN-ACK is INVALID (kube-proxy drops it).
+    "notrack-then-state": Measured(
+        "-A PREROUTING -p udp -j NOTRACK\n-A PREROUTING -p udp -m state --state UNTRACKED -j DROP\n",
+        Probe(POD_A, B, 8080, "UDP"),
+        "dropped",
+        "raw",
+    ),
+    "ct-notrack-skips-dnat": Measured(
+        "-A PREROUTING -p tcp -d 10.96.0.100 -j CT --notrack\n", Probe(POD_A, SVC, 80, "TCP"), "dropped", "raw"
+    ),
+    "notrack-replies": Measured(
+        "-A PREROUTING -p tcp --sport 8080 -j NOTRACK\n", Probe(POD_A, B, 8080, "TCP"), "dropped", "raw"
+    ),
     # REJECT's verdict is NF_DROP: the client's sendto fails with EPERM even when its ICMP error is lost.
     "client-reject-in-output-answer-lost": Measured(
         "-A OUTPUT -p udp --dport 8080 -j REJECT\n-A OUTPUT -p icmp -j DROP\n",

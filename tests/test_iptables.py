@@ -26,6 +26,7 @@ from backends.sim.iptables import (
     MarkTarget,
     MultiportMatch,
     NatTarget,
+    NotrackTarget,
     PhysdevMatch,
     PortRange,
     ProtoMatch,
@@ -336,8 +337,19 @@ def test_unknown_target_or_undeclared_chain() -> None:
         "*nat\n:KUBE-SERVICES - [0:0]\n-A PREROUTING -j KUBE-SERVICES\n-A KUBE-SERVICES -j KUBE-SVC-GONE\nCOMMIT\n"
     )
     assert e.line == 4 and "undeclared chain 'KUBE-SVC-GONE'" in e.message
-    e = refused("*raw\n-A PREROUTING -j NOTRACK\nCOMMIT\n")
-    assert e.line == 2 and "'NOTRACK'" in e.message
+    e = refused("*raw\n-A PREROUTING -j TRACE\nCOMMIT\n")
+    assert e.line == 2 and "'TRACE'" in e.message
+
+
+def test_notrack_is_a_raw_table_target_and_ct_only_notrack() -> None:
+    for text in ("-j NOTRACK", "-j CT --notrack"):
+        assert isinstance(one_rule(text, "raw", "PREROUTING").target, NotrackTarget)
+        e = refused(f"*mangle\n-A PREROUTING {text}\nCOMMIT\n")
+        assert e.line == 2 and "only valid in table raw" in e.message
+    e = refused("*raw\n-A PREROUTING -j CT --zone 1\nCOMMIT\n")
+    assert e.line == 2 and "--zone" in e.message
+    e = refused("*raw\n-A PREROUTING -j CT\nCOMMIT\n")
+    assert "CT without --notrack is not modelled" in e.message
     e = refused("*filter\n-A KUBE-NOPE -j ACCEPT\nCOMMIT\n")
     assert e.line == 2 and "'KUBE-NOPE'" in e.message
 

@@ -179,6 +179,37 @@ def test_a_refused_or_unanswered_connection_is_never_assured() -> None:
     assert "ASSURED" not in udp.ct.status  # UDP only after two seconds of traffic
 
 
+@pytest.mark.parametrize(
+    ("flags", "state"),
+    [
+        (("SYN",), "NEW"),
+        (("RST",), "NEW"),
+        (("ACK",), "INVALID"),
+        (("PSH", "ACK"), "INVALID"),
+        (("SYN", "ACK"), "INVALID"),
+    ],
+)
+def test_in_syn_sent_only_a_syn_or_a_reset_may_come_from_the_client(flags: tuple[str, ...], state: str) -> None:
+    # tcp_conntracks' SYN_SENT column (measured: an ACK after an untracked SYN-ACK is INVALID)
+    table = ConntrackTable()
+    conn = opened(table)
+    pkt = tcp("10.0.0.2", "10.1.0.2", 41000, 8080, *flags)
+    track(table, pkt)
+    assert pkt.ctstate == state
+    assert pkt.ct is (None if state == "INVALID" else conn)
+
+
+def test_a_connection_picked_up_mid_stream_takes_further_acks() -> None:
+    table = ConntrackTable()
+    first = tcp("10.0.0.2", "10.1.0.2", 41000, 8080, "ACK")
+    track(table, first)
+    assert first.ct is not None
+    table.confirm(first.ct)
+    again = tcp("10.0.0.2", "10.1.0.2", 41000, 8080, "PSH", "ACK")
+    track(table, again)
+    assert (again.ct, again.ctstate) == (first.ct, "NEW")  # ESTABLISHED in the kernel's TCP table, NEW to rules
+
+
 def test_states_over_a_connection_lifetime() -> None:
     table = ConntrackTable()
     first = Packet(sim(CLIENT), sim(SERVER), "udp", 41000, 8080)

@@ -22,6 +22,7 @@ INIT_STATUS: dict[Manip, str] = {"DST": "INIT_DST", "SRC": "INIT_SRC"}
 ICMP_ERROR_TYPES = frozenset({3, 4, 5, 11, 12})
 _RST_FIN, _SYN_ACK = frozenset({"RST", "FIN"}), frozenset({"SYN", "ACK"})
 _NOT_ESTABLISHED = frozenset({"SYN", "RST", "FIN"})
+_SYN = frozenset({"SYN"})
 
 
 @dataclass(slots=True)
@@ -35,7 +36,7 @@ class ConntrackTable:
         for t, (c, r) in self.by_tuple.items():
             nc = fresh.get(id(c))
             if nc is None:
-                nc = Conn(c.original, c.reply, set(c.status), c.mark, c.zone)
+                nc = Conn(c.original, c.reply, set(c.status), c.mark, c.zone, c.syn_sent)
                 fresh[id(c)] = nc
             out[t] = (nc, r)
         return ConntrackTable(out)
@@ -63,7 +64,7 @@ def track(table: ConntrackTable, pkt: Packet) -> None:
     default), replies are ESTABLISHED and mark the connection SEEN_REPLY,
     and the ACK that completes a TCP handshake marks it ASSURED.
     """
-    if pkt.ct is not None:  # already tracked (looped back, or a local error)
+    if pkt.ct is not None or pkt.ctstate == "UNTRACKED":  # already tracked (looped back, a local error), NOTRACK
         return
     if pkt.proto == "icmp" and pkt.icmp_type in ICMP_ERROR_TYPES:
         if pkt.inner is None:
@@ -82,6 +83,17 @@ def track(table: ConntrackTable, pkt: Packet) -> None:
     hit = table.find(t)
     if hit is not None:
         conn, is_reply = hit
+        if (
+            not is_reply
+            and conn.syn_sent
+            and "SEEN_REPLY" not in conn.status
+            and pkt.tcp_flags != _SYN
+            and "RST" not in pkt.tcp_flags
+        ):
+            # tcp_conntracks: in SYN_SENT only a retransmitted SYN or a reset may come from the client; its ACK
+            # (the SYN-ACK passed by untracked, say) is INVALID and leaves without the entry (measured).
+            pkt.ctstate = "INVALID"
+            return
         pkt.ct, pkt.ct_reply = conn, is_reply
         if (
             pkt.proto == "tcp"
@@ -103,7 +115,7 @@ def track(table: ConntrackTable, pkt: Packet) -> None:
     if pkt.proto == "tcp" and (not _RST_FIN.isdisjoint(pkt.tcp_flags) or pkt.tcp_flags >= _SYN_ACK):
         pkt.ctstate = "INVALID"
         return
-    pkt.ct = Conn(original=t, reply=t.reversed())
+    pkt.ct = Conn(original=t, reply=t.reversed(), syn_sent=pkt.proto == "tcp" and "SYN" in pkt.tcp_flags)
     pkt.ct_reply = False
     pkt.ctstate = "NEW"
 

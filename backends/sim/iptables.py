@@ -328,12 +328,17 @@ class NatTarget:
 
 
 @dataclass(frozen=True)
+class NotrackTarget:
+    """NOTRACK, or CT --notrack: the packet skips conntrack (and so NAT); raw table only."""
+
+
+@dataclass(frozen=True)
 class LogTarget:
     prefix: str = ""
     level: str = "warning"
 
 
-Target = Verdict | Jump | RejectTarget | MarkTarget | ConnmarkTarget | NatTarget | LogTarget
+Target = Verdict | Jump | RejectTarget | MarkTarget | ConnmarkTarget | NatTarget | NotrackTarget | LogTarget
 
 
 # --------------------------------------------------------------------------
@@ -738,6 +743,9 @@ _TARGET_OPTIONS: dict[str, _Spec] = {
         "--random": ("random", 0, False),
         "--random-fully": ("random-fully", 0, False),
     },
+    "NOTRACK": {},
+    # Only --notrack: the other CT options (zones, helpers, timeouts) are refused as not modelled.
+    "CT": {"--notrack": ("notrack", 0, False)},
     "LOG": {
         "--log-level": ("log-level", 1, False),
         "--log-prefix": ("log-prefix", 1, False),
@@ -750,7 +758,7 @@ _TARGET_OPTIONS: dict[str, _Spec] = {
 }
 
 # Names a user chain may not take: iptables would resolve them to a target.
-_RESERVED = frozenset(_TARGET_OPTIONS) | {"QUEUE", "NFQUEUE", "CT", "NOTRACK", "TRACE"}
+_RESERVED = frozenset(_TARGET_OPTIONS) | {"QUEUE", "NFQUEUE", "TRACE"}
 
 
 @dataclass
@@ -1065,6 +1073,12 @@ def _finish_target(ext: _Ext, info: _RuleInfo) -> Target:
             port = _port(text)
         flags = frozenset(k for k in ("random", "random-fully") if ext.has(k))
         return NatTarget("MASQUERADE", None, port, flags)
+    if name == "NOTRACK":
+        return NotrackTarget()
+    if name == "CT":
+        if not ext.has("notrack"):
+            raise _Refused("CT without --notrack is not modelled by the simulator")
+        return NotrackTarget()
     if name == "LOG":
         prefix = ext.value("log-prefix") if ext.has("log-prefix") else ""
         if len(prefix) > 29:
@@ -1287,6 +1301,8 @@ def _parse_rule_args(
         target = _finish_target(target_ext, info)
         if isinstance(target, NatTarget) and table != "nat":
             raise _Refused(f"target {target.kind} is only valid in table nat")
+        if isinstance(target, NotrackTarget) and table != "raw":
+            raise _Refused(f"target {target_ext.name} is only valid in table raw")
         if isinstance(target, RejectTarget) and table != "filter":
             # ipt_REJECT is registered for table filter (measured: mangle refuses it at COMMIT)
             raise _Refused("target REJECT is only valid in table filter")

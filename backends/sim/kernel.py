@@ -1127,6 +1127,6 @@ def _uses_conntrack(ruleset: Ruleset) -> bool:
         for chain in table.chains.values():
             for rule in chain.rules:
                 words = rule.text.split()
-                if any(w in ("conntrack", "state", "connmark", "CONNMARK") for w in words):
+                if any(w in ("conntrack", "state", "connmark", "CONNMARK", "NOTRACK", "CT") for w in words):
                     return True
     return False

@@ -42,6 +42,7 @@ from backends.sim.iptables import (
     MultiportMatch,
     NatTarget,
     NetSel,
+    NotrackTarget,
     PhysdevMatch,
     PortRange,
     ProtoMatch,
@@ -487,7 +488,7 @@ def _compile_physdev(m: PhysdevMatch) -> Pred:
 
 # Actions, as small ints for a cheap dispatch in the walk. _DECIDE: a terminal
 # target (ACCEPT, DROP, REJECT, DNAT/SNAT/MASQUERADE), whose Decision is built once.
-_CONTINUE, _DECIDE, _RETURN, _JUMP, _GOTO, _MARK, _CONNMARK, _LOG = range(8)
+_CONTINUE, _DECIDE, _RETURN, _JUMP, _GOTO, _MARK, _CONNMARK, _LOG, _NOTRACK = range(9)
 
 
 @dataclass(eq=False)
@@ -594,6 +595,8 @@ def _compile_rule(rule: Rule, chains: dict[str, _CChain]) -> _CRule:
         cr.action, cr.decision = _DECIDE, Decision("ACCEPT", rule, nat=nat)
     elif isinstance(t, LogTarget):
         cr.action, cr.log = _LOG, t
+    elif isinstance(t, NotrackTarget):
+        cr.action = _NOTRACK
     else:
         raise AssertionError(t)
     return cr
@@ -736,5 +739,12 @@ def traverse_compiled(chains: CompiledTable | None, pkt: Packet, ctx: HookContex
                 if trace is not None:
                     assert cr.log is not None
                     _step(ctx, chain, f"LOG {cr.log.prefix!r} {pkt.describe()}", cr.rule)
+                continue
+            if action == _NOTRACK:
+                # xt_CT: a packet that has a conntrack entry already (looped back) keeps it.
+                if pkt.ct is None:
+                    pkt.ctstate = "UNTRACKED"
+                if trace is not None:
+                    _step(ctx, chain, f"notrack: {pkt.ctstate}", cr.rule)
                 continue
             raise AssertionError(action)

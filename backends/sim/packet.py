@@ -81,6 +81,7 @@ class Conn:
     status: set[str] = field(default_factory=set)  # SNAT DNAT CONFIRMED SEEN_REPLY ASSURED
     mark: int = 0
     zone: int = 0
+    syn_sent: bool = False  # opened by a SYN (TCP state SYN_SENT until a reply), not picked up mid-stream
 
 
 @dataclass(slots=True)
