@@ -316,12 +316,22 @@ def _run_matrix(
         _say_stopped(e)
         _say_cleanup(backends)  # before teardown: should a second signal or SIGKILL cut it short
         # run_spec tore the cell down on its way out; again, in case a second Ctrl-C cut that short (idempotent).
-        backend.teardown()
+        # A further interrupt cuts only this short, not the report of what finished.
+        with contextlib.suppress(KeyboardInterrupt):
+            backend.teardown()
+        _say_warnings(backends)  # what that teardown could not undo (run_spec's own collection was skipped)
         return matrix
     except Exception:
         _say_cleanup(backends)  # a crash (a teardown that failed, say) may leave what the run built
         raise
     return Matrix(results, len(cells))
+
+
+def _say_warnings(backends: Sequence[Backend]) -> None:
+    for backend in backends:
+        take = getattr(backend, "take_warnings", None)
+        for warning in take() if take is not None else []:
+            print(f"netconformance: {backend.name}: {WARNING}{warning}", file=sys.stderr)
 
 
 def _backend_run_ids(backends: Sequence[Backend]) -> dict[str, str]:
@@ -660,7 +670,9 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         try:
             found = [f"{name}: {item}" for item in clean(args.run)]
         except BackendUnavailable as e:
-            absent = _nothing_there(name)
+            absent = None
+            with contextlib.suppress(BackendUnavailable):  # a bad setting of that backend must not stop the others
+                absent = _nothing_there(name)
             # Install hints only where state may exist that could not be checked (a daemon stopped, say).
             print(f"{name}: nothing to check ({absent})" if absent else f"{name}: could not check: {e}")
             continue

@@ -39,6 +39,11 @@ EXPECTED_ERRORS = (BackendError, BackendUnavailable, SimError)
 WARNING = "warning: "
 
 
+def _error_text(e: BaseException) -> str:
+    """The project's own errors say it all; for anything unexpected the class name helps a bug report."""
+    return str(e) if isinstance(e, EXPECTED_ERRORS) else f"{type(e).__name__}: {e}"
+
+
 def screen(backend: Backend) -> None:
     """A real backend waits SCREENING_TIMEOUT for an answer (at most); confirm_timeouts waits longer."""
     if hasattr(backend, "probe_timeout"):
@@ -256,15 +261,19 @@ def run_spec(
         test()
     except SpecViolation:
         result.failure = last.get("failure")
-    except FlakyFailure:
-        # A sampling backend (a real kernel) broke the promise once and kept it
-        # on replay: with random load balancing that is evidence, not noise.
+    except FlakyFailure as e:
         result.failure = last.get("failure")
-        result.notes.append("the violation did not recur on every replay (a sampled, random outcome)")
-    except EXPECTED_ERRORS as e:  # a backend or simulator error: report it, do not crash the run
-        result.error = str(e)
-    except Exception as e:  # unexpected: the class name helps whoever reads the bug report
-        result.error = f"{type(e).__name__}: {e}"
+        if result.failure is not None:
+            # A sampling backend (a real kernel) broke the promise once and kept it
+            # on replay: with random load balancing that is evidence, not noise.
+            result.notes.append("the violation did not recur on every replay (a sampled, random outcome)")
+        else:
+            # No broken promise, but an error that did not come back on replay (a plugin that timed out once):
+            # the cell could not be judged, it did not pass.
+            cause = next((x for x in e.exceptions if not isinstance(x, SpecViolation)), e)
+            result.error = f"{_error_text(cause)} (once: it did not recur on replay)"
+    except Exception as e:  # a backend or simulator error: report it, do not crash the run
+        result.error = _error_text(e)
     finally:
         backend.teardown()
     result.notes += [f"{n} case(s) skipped: {why}" for why, n in skipped.items()]

@@ -15,6 +15,8 @@ import re
 import shlex
 import shutil
 import signal
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -438,6 +440,41 @@ def test_a_plugin_that_hangs_is_killed_with_what_it_started(
     finally:
         if child and _alive(child):
             os.kill(child, signal.SIGKILL)  # not left behind by a failing run
+        b.teardown()
+
+
+def test_ctrl_c_kills_a_hanging_plugin_at_once(
+    privileged: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The plugin runs in its own session, so the terminal's SIGINT never reaches it: the backend kills it, or
+    # teardown would wait out the whole timeout.
+    pid_file = tmp_path / "child.pid"
+    _wrapper(tmp_path / "bin", "hangs", f"sleep 600 &\necho $! > {pid_file}\nwait\n")
+    monkeypatch.setenv("NETCONFORMANCE_CNI_PATH", str(tmp_path / "bin"))
+    monkeypatch.setenv("NETCONFORMANCE_CNI_TIMEOUT", "60")
+    path = _conflist(tmp_path / "n.conflist", {"type": "hangs"})
+    main_thread = threading.main_thread().ident
+    assert main_thread is not None
+
+    def interrupt_once_started() -> None:
+        deadline = time.monotonic() + 20
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        signal.pthread_kill(main_thread, signal.SIGINT)
+
+    b = NetnsBackend()
+    child = 0
+    try:
+        threading.Thread(target=interrupt_once_started, daemon=True).start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            b.deploy(from_file(path).render(classic_scenario()))
+        assert time.monotonic() - started < 30, "the interrupt waited for the plugin's timeout"
+        child = int(pid_file.read_text())
+        assert not _alive(child), "the plugin's child outlived the interrupt"
+    finally:
+        if child and _alive(child):
+            os.kill(child, signal.SIGKILL)
         b.teardown()
 
 

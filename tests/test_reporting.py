@@ -939,6 +939,16 @@ def test_a_partial_run_says_so_in_its_report_and_its_diff(
     assert "  a partial run: interrupted by SIGTERM after 1 of 2 cells" in render_diff(diff)
     assert compare_with_baseline(baseline, baseline).interrupted is None
     assert json.loads(baseline.read_text(encoding="utf-8"))["run"]["interrupted"] is None
+    # ... and a CI step that runs `report` after a cancelled run does not go green: no verdict on what did not run.
+    assert _report(["--baseline", str(baseline), str(partial.results_json)]) == 2
+    assert "netconformance: INCOMPLETE: interrupted by SIGTERM after 1 of 2 cells" in capsys.readouterr().err
+    assert _report(["--baseline", str(baseline), str(baseline)]) == 0
+    # The JUnit files count the interruption as an error.
+    (backend,) = {r.backend for r in known.results[:1]}
+    suite = ET.parse(partial.junit[backend]).getroot()
+    assert int(suite.get("errors", "0")) >= 1
+    stops = [e for e in suite.iter("error") if e.get("type") == "Interrupted"]
+    assert [e.get("message") for e in stops] == ["interrupted by SIGTERM after 1 of 2 cells"]
 
     doc = json.loads(partial.results_json.read_text(encoding="utf-8"))
     doc["run"]["interrupted"]["cells_run"] = "1"

@@ -3,11 +3,15 @@ several samples, because a real kernel takes one load-balancing branch per conne
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from backends.netns.build import BuildError
 from backends.sim import SimBackend
 from conformance.cases import Case
+from conformance.dataplane import Dataplane
 from conformance.implementations import get_implementation
 from conformance.probes import Observation
-from conformance.runner import CONFIRM_ATTEMPTS, CONFIRMING_TIMEOUT, confirm_timeouts, replay_sampled
+from conformance.runner import CONFIRM_ATTEMPTS, CONFIRMING_TIMEOUT, confirm_timeouts, replay_sampled, run_spec
 from conformance.specs import get_spec
 from conformance.strategies import classic_scenario
 
@@ -51,3 +55,28 @@ def test_replay_observes_an_exact_backend_once() -> None:
     case = Case(classic_scenario(), (HAIRPIN,))
     done = replay_sampled(get_spec("hairpin"), case, SimBackend(), get_implementation("hairpin-mode-off"))
     assert done.samples == 1 and done.violations
+
+
+@dataclass
+class FailsOnce(Scripted):
+    """A backend whose first deployment fails (a CNI plugin that timed out once) and later ones work."""
+
+    fail_at: int = 1
+    deployments: int = 0
+
+    def deploy(self, dataplane: Dataplane) -> None:
+        self.deployments += 1
+        if self.deployments == self.fail_at:
+            raise BuildError("node-node-1: CNI bridge ADD for pod-a: no answer within 1s")
+        super().deploy(dataplane)
+
+
+def test_an_error_that_does_not_recur_is_not_a_pass() -> None:
+    # Hypothesis calls an error that replay cannot reproduce flaky; the cell was not judged, so it must not pass.
+    spec = get_spec("hairpin")
+    backend = FailsOnce(
+        [], otherwise=None, fail_at=len(spec.examples) + 1
+    )  # a generated example: the explicit ones come first
+    r = run_spec(spec, backend, get_implementation("reference"), examples=5, seed=1)
+    assert r.failure is None and r.status == "ERROR", (r.status, r.notes)
+    assert r.error == "node-node-1: CNI bridge ADD for pod-a: no answer within 1s (once: it did not recur on replay)"

@@ -182,6 +182,16 @@ class CniRunner:
         self.run_dir = run_dir
         self.timeout = timeout
         self.attached: list[Attached] = []
+        self._running: subprocess.Popen[bytes] | None = None  # the plugin being waited for, if any
+        worker.on_interrupt.append(self.abort)
+
+    def abort(self) -> None:
+        """On Ctrl-C or SIGTERM (from the main thread): kill the plugin that runs now, with what it started, so
+        teardown need not wait out its timeout. A plugin in its own session gets no terminal signal itself."""
+        proc = self._running
+        if proc is not None and proc.returncode is None:  # not yet reaped: its process group id is still its own
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
     def ipam_dir(self, node: Netns) -> Path:
         return self.run_dir / "cni-ipam" / node.kname
@@ -202,8 +212,9 @@ class CniRunner:
                     prev = out
             if prev is None:
                 raise BuildError(f"{node.config.name}: CNI ADD for {att.netns}: no plugin returned a result")
-            _check_addresses(f"{node.config.name}: CNI ADD for {att.netns}", att, prev)
+            # Attached first: an ADD the plugin made but the scenario cannot use is still DEL'd at teardown.
             self.attached.append(Attached(node.config.name, att, prev))
+            _check_addresses(f"{node.config.name}: CNI ADD for {att.netns}", att, prev)
 
     def delete(self, node: Netns, namespaces: Mapping[str, Netns]) -> list[str]:
         """DEL every attachment made in `node`, plugins in reverse order; returns the errors."""
@@ -266,6 +277,7 @@ class CniRunner:
                 env=env,
                 start_new_session=True,
             )
+        self._running = proc
         try:
             out, err = proc.communicate(json.dumps(conf).encode(), timeout=self.timeout)
         except subprocess.TimeoutExpired:
@@ -281,6 +293,8 @@ class CniRunner:
                 f"{where}: no answer within {self.timeout:g}s (killed with what it started; "
                 f"{TIMEOUT_VARIABLE} sets the limit)"
             ) from None
+        finally:
+            self._running = None
         if proc.returncode != 0:
             raise BuildError(f"{where}: exit {proc.returncode}: {_error_text(out, err)}")
         if not out.strip():
@@ -315,11 +329,13 @@ def _error_text(out: bytes, err: bytes) -> str:
 
 
 def _result_addresses(result: Mapping[str, Any]) -> list[str]:
-    """The addresses of a CNI result (0.3.0 and later: "ips", each with an "address" in CIDR form)."""
+    """The addresses of a CNI result: "ips", each with an "address" in CIDR form (0.3.0 and later), or "ip4" and
+    "ip6", each with an "ip" (0.1.0, 0.2.0)."""
     ips = result.get("ips")
-    if not isinstance(ips, list):
-        return []
-    return [str(entry["address"]) for entry in ips if isinstance(entry, dict) and entry.get("address")]
+    if isinstance(ips, list):
+        return [str(entry["address"]) for entry in ips if isinstance(entry, dict) and entry.get("address")]
+    old = [result.get(key) for key in ("ip4", "ip6")]
+    return [str(entry["ip"]) for entry in old if isinstance(entry, dict) and entry.get("ip")]
 
 
 def _check_addresses(where: str, att: CniAttachment, result: Mapping[str, Any]) -> None:

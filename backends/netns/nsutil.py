@@ -97,6 +97,9 @@ class NetnsWorker:
         self._root_inode = process_netns_inode()
         self._root_fd: int | None = None
         self._thread: threading.Thread | None = None
+        # Called (from the waiting thread) when a signal ends the wait for a job that still runs: each hurries
+        # the job along, e.g. by killing a CNI plugin that hangs, which would otherwise hold teardown back.
+        self.on_interrupt: list[Callable[[], None]] = []
 
     def run(self, job: Callable[[], T]) -> T:
         future = self._pool.submit(self._wrap, job)
@@ -106,6 +109,10 @@ class NetnsWorker:
             # A signal can end the wait (Ctrl-C, SIGTERM's Terminated) while the job still runs: let it finish,
             # so the teardown that follows sees every namespace it made and none is made after (seen once in CI:
             # a node namespace created after the teardown had deleted the others).
+            if not future.done():
+                for hurry in self.on_interrupt:
+                    with contextlib.suppress(Exception):
+                        hurry()
             with contextlib.suppress(BaseException):
                 futures.wait([future])
             raise

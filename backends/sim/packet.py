@@ -101,7 +101,7 @@ class Packet:
     # Kernel metadata, set by the stack while the packet is walked:
     ct: Conn | None = None
     # No entry yet: conntrack_mt calls that INVALID (the raw table runs before conntrack); UNTRACKED is only
-    # what NOTRACK sets, which the simulator does not model.
+    # what NOTRACK sets.
     ctstate: CtState = "INVALID"
     ct_reply: bool = False  # the packet travels in the reply direction
     src_mac: str = ""

@@ -34,7 +34,8 @@ def _path(value: str) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """0: no regression, 1: something regressed, 2: bad input (a file unreadable, malformed or with nothing in it)."""
+    """0: no regression, 1: something regressed, 2: bad input (a file unreadable, malformed or with nothing in it)
+    or a run that was interrupted (its missing cells were never judged)."""
     try:
         run = Path(args.run_dir) if args.run_dir is not None else newest_run(Path(args.runs))
         diff = compare_with_baseline(run, Path(args.baseline))
@@ -42,7 +43,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"netconformance: error: {e}", file=sys.stderr)
         return 2
     print(render_diff(diff))
-    return 1 if diff.regressed else 0
+    if diff.regressed:
+        return 1
+    if diff.interrupted:
+        print(
+            f"netconformance: INCOMPLETE: {diff.interrupted}; no verdict on the cells that did not run", file=sys.stderr
+        )
+        return 2
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:

@@ -81,6 +81,9 @@ def junit_xml(backend: str, results: Sequence[Json], comparisons: Sequence[Json]
     mine = [r for r in results if r["backend"] == backend]
     compared = [c for c in comparisons if c["backends"][1] == backend]
     statuses = [r["status"] for r in mine] + [c["status"] for c in compared]
+    stop = run.get("interrupted")
+    if stop:
+        statuses.append("ERROR")  # the interruption is one more error: a partial run must not read as all passed
     counts: dict[str, Any] = {
         "tests": str(len(statuses)),
         "failures": str(statuses.count("FAIL")),
@@ -106,6 +109,12 @@ def junit_xml(backend: str, results: Sequence[Json], comparisons: Sequence[Json]
         _add_result(suite, r)
     for c in compared:
         _add_comparison(suite, c)
+    if stop:
+        said = f"interrupted by {stop['signal']} after {stop['cells_run']} of {stop['cells_planned']} cells"
+        tc = _testcase(suite, classname=f"netconformance.{backend}", name="the whole run", seconds=0.0)
+        ET.SubElement(tc, "error", message=said, type="Interrupted").text = _text(
+            said + ": the other cells did not run"
+        )
     ET.indent(root)
     body: bytes = ET.tostring(root, encoding="utf-8", xml_declaration=True)
     return body + b"\n"
