@@ -386,13 +386,7 @@ def test_an_ipam_that_ignores_the_asked_address_is_said(
     ranges = [[{"subnet": "{podCIDR}", "gateway": "{gateway}"}]]
     ipam = {"type": "ignores-ip", "ranges": ranges, "dataDir": str(tmp_path / "ipam")}
     path = _conflist(tmp_path / "n.conflist", {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipam": ipam})
-    b = NetnsBackend()
-    try:
-        with pytest.raises(BuildError) as raised:
-            b.deploy(from_file(path).render(classic_scenario()))
-    finally:
-        b.teardown()
-    assert str(raised.value) == (
+    assert _build_error(path) == (
         "node-node-1: CNI ADD for pod-default-pod-a: the plugin gave 10.244.1.2/24, the scenario needs 10.244.1.10:"
         " the IPAM must honour CNI_ARGS IP= (host-local does)"
     )
@@ -406,52 +400,34 @@ def test_an_ipam_that_ignores_the_asked_address_is_said(
     assert "0 passed, 0 failed, 1 could not run" in out
 
 
+def _build_error(conflist: Path) -> str:
+    """What the netns backend says deploying the classic scenario with `conflist` (it must refuse it)."""
+    b = NetnsBackend()
+    try:
+        with pytest.raises(BuildError) as raised:
+            b.deploy(from_file(conflist).render(classic_scenario()))
+    finally:
+        b.teardown()
+    return str(raised.value)
+
+
 def test_a_result_without_addresses_is_said(privileged: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _wrapper(tmp_path / "bin", "no-ips", 'cat >/dev/null\necho \'{"cniVersion": "1.0.0", "interfaces": []}\'\n')
     monkeypatch.setenv("NETCONFORMANCE_CNI_PATH", str(tmp_path / "bin"))
     path = _conflist(tmp_path / "n.conflist", {"type": "no-ips"})
-    b = NetnsBackend()
-    try:
-        with pytest.raises(
-            BuildError, match=r"^node-node-1: CNI ADD for pod-default-pod-a: the plugin gave no address,"
-        ):
-            b.deploy(from_file(path).render(classic_scenario()))
-    finally:
-        b.teardown()
+    assert _build_error(path).startswith("node-node-1: CNI ADD for pod-default-pod-a: the plugin gave no address,")
 
 
+@pytest.mark.parametrize("how", ["timeout", "ctrl-c"])
 def test_a_plugin_that_hangs_is_killed_with_what_it_started(
-    privileged: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    how: str, privileged: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A plugin runs in its own session: at its timeout the backend kills the whole group; on Ctrl-C too (the
+    # terminal's SIGINT never reaches the plugin), or teardown would wait out the timeout.
     pid_file = tmp_path / "child.pid"
     _wrapper(tmp_path / "bin", "hangs", f"sleep 600 &\necho $! > {pid_file}\nwait\n")
     monkeypatch.setenv("NETCONFORMANCE_CNI_PATH", str(tmp_path / "bin"))
-    monkeypatch.setenv("NETCONFORMANCE_CNI_TIMEOUT", "1")
-    path = _conflist(tmp_path / "n.conflist", {"type": "hangs"})
-    b = NetnsBackend()
-    child = 0
-    try:
-        with pytest.raises(BuildError) as raised:
-            b.deploy(from_file(path).render(classic_scenario()))
-        child = int(pid_file.read_text())
-        assert str(raised.value).startswith("node-node-1: CNI hangs ADD for pod-default-pod-a: no answer within 1s")
-        assert "NETCONFORMANCE_CNI_TIMEOUT" in str(raised.value)
-        assert not _alive(child), "the plugin's child outlived it (in the node's namespace)"
-    finally:
-        if child and _alive(child):
-            os.kill(child, signal.SIGKILL)  # not left behind by a failing run
-        b.teardown()
-
-
-def test_ctrl_c_kills_a_hanging_plugin_at_once(
-    privileged: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The plugin runs in its own session, so the terminal's SIGINT never reaches it: the backend kills it, or
-    # teardown would wait out the whole timeout.
-    pid_file = tmp_path / "child.pid"
-    _wrapper(tmp_path / "bin", "hangs", f"sleep 600 &\necho $! > {pid_file}\nwait\n")
-    monkeypatch.setenv("NETCONFORMANCE_CNI_PATH", str(tmp_path / "bin"))
-    monkeypatch.setenv("NETCONFORMANCE_CNI_TIMEOUT", "60")
+    monkeypatch.setenv("NETCONFORMANCE_CNI_TIMEOUT", "1" if how == "timeout" else "60")
     path = _conflist(tmp_path / "n.conflist", {"type": "hangs"})
     main_thread = threading.main_thread().ident
     assert main_thread is not None
@@ -462,19 +438,25 @@ def test_ctrl_c_kills_a_hanging_plugin_at_once(
             time.sleep(0.05)
         signal.pthread_kill(main_thread, signal.SIGINT)
 
+    expected: type[BaseException] = BuildError if how == "timeout" else KeyboardInterrupt
     b = NetnsBackend()
     child = 0
     try:
-        threading.Thread(target=interrupt_once_started, daemon=True).start()
+        if how == "ctrl-c":
+            threading.Thread(target=interrupt_once_started, daemon=True).start()
         started = time.monotonic()
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(expected) as raised:
             b.deploy(from_file(path).render(classic_scenario()))
-        assert time.monotonic() - started < 30, "the interrupt waited for the plugin's timeout"
         child = int(pid_file.read_text())
-        assert not _alive(child), "the plugin's child outlived the interrupt"
+        if how == "timeout":
+            assert str(raised.value).startswith("node-node-1: CNI hangs ADD for pod-default-pod-a: no answer within 1s")
+            assert "NETCONFORMANCE_CNI_TIMEOUT" in str(raised.value)
+        else:
+            assert time.monotonic() - started < 30, "the interrupt waited for the plugin's timeout"
+        assert not _alive(child), "the plugin's child outlived it (in the node's namespace)"
     finally:
         if child and _alive(child):
-            os.kill(child, signal.SIGKILL)
+            os.kill(child, signal.SIGKILL)  # not left behind by a failing run
         b.teardown()
 
 
@@ -558,13 +540,7 @@ def test_plugin_output_is_said_as_text(privileged: None, tmp_path: Path, monkeyp
     _wrapper(tmp_path / "bin", "chatty", "cat >/dev/null\necho 'hello, this is not JSON'\n")
     monkeypatch.setenv("NETCONFORMANCE_CNI_PATH", str(tmp_path / "bin"))
     path = _conflist(tmp_path / "n.conflist", {"type": "chatty"})
-    b = NetnsBackend()
-    try:
-        with pytest.raises(BuildError) as raised:
-            b.deploy(from_file(path).render(classic_scenario()))
-    finally:
-        b.teardown()
-    message = str(raised.value)
+    message = _build_error(path)
     assert message.startswith("node-node-1: CNI chatty ADD for pod-default-pod-a: result is not JSON (")
     assert message.endswith("): hello, this is not JSON") and "b'" not in message
 
