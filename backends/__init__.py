@@ -65,6 +65,13 @@ class Backend(Protocol):
         """Remove everything this backend created. Safe to call twice."""
 
 
+def teardown_warnings(backend: object) -> list[str]:
+    """What a backend's teardown could not undo cleanly since the last call (its optional `take_warnings`: CNI
+    DEL errors on netns), each once; none for a backend without it."""
+    take: Callable[[], list[str]] | None = getattr(backend, "take_warnings", None)
+    return take() if take is not None else []
+
+
 BackendFactory = Callable[[], Backend]
 
 _BUILTIN: dict[str, str] = {

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from backends import teardown_warnings
 from backends.sim import SimBackend
 from conformance.dataplane import Dataplane
 from conformance.probes import Observation, Probe
@@ -83,5 +84,4 @@ class SimSnapshotBackend:
 
     def take_warnings(self) -> list[str]:
         """What the live backend's teardown reported (CNI DEL errors), when this backend tore it down."""
-        take = getattr(self.live, "take_warnings", None)
-        return list(take()) if self._owns_live and take is not None else []
+        return teardown_warnings(self.live) if self._owns_live else []

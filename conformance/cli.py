@@ -22,7 +22,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import NoReturn
 
-from backends import Backend, BackendError, BackendUnavailable, backend_names, get_backend
+from backends import Backend, BackendError, BackendUnavailable, backend_names, get_backend, teardown_warnings
 from backends.sim.iptables import RulesetError, parse_iptables_save
 from backends.sim.kernel import SimError
 from backends.sim.netfilter import compiled_tables
@@ -329,8 +329,7 @@ def _run_matrix(
 
 def _say_warnings(backends: Sequence[Backend]) -> None:
     for backend in backends:
-        take = getattr(backend, "take_warnings", None)
-        for warning in take() if take is not None else []:
+        for warning in teardown_warnings(backend):
             print(f"netconformance: {backend.name}: {WARNING}{warning}", file=sys.stderr)
 
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, Phase, example, given, reject, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis.errors import FlakyFailure
 
-from backends import Backend, BackendError, BackendUnavailable
+from backends import Backend, BackendError, BackendUnavailable, teardown_warnings
 from backends.sim.kernel import SimError
 from conformance.cases import Case, dump_case
 from conformance.implementations import Implementation
@@ -278,9 +278,7 @@ def run_spec(
         backend.teardown()
     result.notes += [f"{n} case(s) skipped: {why}" for why, n in skipped.items()]
     # What teardown could not undo cleanly (a CNI plugin's DEL that failed, on netns).
-    take_warnings = getattr(backend, "take_warnings", None)
-    if take_warnings is not None:
-        result.notes += [WARNING + w for w in take_warnings()]
+    result.notes += [WARNING + w for w in teardown_warnings(backend)]
     result.examples = len(records)
     result.records = records
     result.seconds = time.perf_counter() - start

@@ -217,10 +217,15 @@ def restore_text(old: str, new: str) -> str:
     return out
 
 
-def restore_env(lock_file: Path) -> dict[str, str]:
+def lock_file(run_dir: Path, ns: Netns) -> Path:
+    """The xtables lock of a namespace's rules: iptables-restore and the CNI plugins' iptables share it."""
+    return run_dir / f"{ns.kname}.xtables.lock"
+
+
+def restore_env(lock: Path) -> dict[str, str]:
     """iptables-restore's environment: PATH, and a lock file of its own (the default one is shared with every
     iptables user on the host, pitfall 9)."""
-    return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "XTABLES_LOCKFILE": str(lock_file)}
+    return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "XTABLES_LOCKFILE": str(lock)}
 
 
 def restore_rules(worker: NetnsWorker, jobs: Iterable[tuple[Netns, str]], run_dir: Path) -> None:
@@ -236,7 +241,7 @@ def restore_rules(worker: NetnsWorker, jobs: Iterable[tuple[Netns, str]], run_di
         for ns, text in jobs:
             if not text:
                 continue
-            env = restore_env(run_dir / f"{ns.kname}.xtables.lock")
+            env = restore_env(lock_file(run_dir, ns))
             # A CNI plugin's rules are already there: add to them (the text says where).
             noflush = ["--noflush"] if ns.config.iptables_noflush else []
             with worker.inside(ns.fd):

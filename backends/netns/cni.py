@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from backends import env_seconds
-from backends.netns.build import BuildError, Netns
+from backends.netns.build import BuildError, Netns, lock_file, restore_env
 from backends.netns.nsutil import NetnsWorker, netns_path
 from conformance.dataplane import CniAttachment
 
@@ -256,15 +256,15 @@ class CniRunner:
         pod = namespaces.get(att.netns)
         if pod is None:
             raise BuildError(f"{where}: no namespace {att.netns!r} in this dataplane")
-        env = {
-            "PATH": f"{iptables_shim(self.run_dir)}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}",
+        env = restore_env(lock_file(self.run_dir, node))  # the node's own rules' lock: never the host's
+        env |= {
+            "PATH": f"{iptables_shim(self.run_dir)}:{env['PATH']}",
             "CNI_COMMAND": command,
             "CNI_CONTAINERID": att.container_id,
             "CNI_NETNS": str(netns_path(pod.kname)),
             "CNI_IFNAME": att.ifname,
             "CNI_ARGS": ";".join(f"{k}={v}" for k, v in att.args),
             "CNI_PATH": cni_path(),
-            "XTABLES_LOCKFILE": str(self.run_dir / f"{node.kname}.xtables.lock"),
         }
         # The child inherits the worker thread's namespace: started inside the node. Its own session, so that
         # a plugin that hangs goes with whatever it started (which would otherwise keep the node alive).

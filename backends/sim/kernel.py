@@ -665,7 +665,7 @@ class Kernel:
                 # A labelled original (a client's port) is not that number but any of its values: then the
                 # range stays whole, a superset by one port, so no outcome is lost.
                 values = freeports.subtract(values, ((original, original),))
-        return walk.free.new(values, prefer=RANDOM_PORT_LABEL, taken=self.used_ports | {original})
+        return walk.free.new(values, prefer=RANDOM_PORT_LABEL, taken=self.ports_in_use(original))
 
     def _nexthop_toward(self, ns: NetNS, dst: Addr, dev: Device) -> Addr:
         r = ns.lookup_main(dst)
